@@ -1,0 +1,313 @@
+//! The response body: the inner body untouched, or chunks the layer buffered
+//! (replayed with their trailers, then the rest of the inner body if it was
+//! not read to the end), or nothing.
+//!
+//! Also the global buffer budget: the bytes held for hashing across all
+//! in-flight responses.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// The body of a response that went through [`MediaCache`](crate::MediaCache).
+    ///
+    /// Yields `Bytes` frames whatever the inner body's data type; errors are
+    /// the inner body's, passed through.
+    pub struct ResponseBody<B: Body> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B: Body> {
+        Stream { #[pin] body: B },
+        Chunks {
+            chunks: VecDeque<Bytes>,
+            remaining: u64,
+            rest: Option<Pin<Box<B>>>,
+            error: Option<B::Error>,
+            trailers: Option<HeaderMap>,
+            reservation: Option<Reservation>,
+        },
+        Empty,
+    }
+}
+
+impl<B: Body> ResponseBody<B> {
+    pub(crate) fn stream(body: B) -> Self {
+        Self {
+            kind: Kind::Stream { body },
+        }
+    }
+
+    pub(crate) fn empty() -> Self {
+        Self { kind: Kind::Empty }
+    }
+
+    /// Buffered chunks, then (if the inner body was not read to the end) the
+    /// rest of it, then the error or trailers the inner body ended with.
+    pub(crate) fn chunks(buffered: Buffered<B>) -> Self {
+        let remaining = buffered.chunks.iter().map(|c| c.len() as u64).sum();
+        Self {
+            kind: Kind::Chunks {
+                chunks: buffered.chunks,
+                remaining,
+                rest: buffered.rest,
+                error: buffered.error,
+                trailers: buffered.trailers,
+                reservation: buffered.reservation,
+            },
+        }
+    }
+}
+
+impl<B: Body> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Stream { .. } => "Stream",
+            Kind::Chunks { .. } => "Chunks",
+            Kind::Empty => "Empty",
+        };
+        f.debug_struct("ResponseBody").field("kind", &kind).finish()
+    }
+}
+
+fn to_bytes<D: Buf>(frame: Frame<D>) -> Frame<Bytes> {
+    frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))
+}
+
+impl<B: Body> Body for ResponseBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Stream { body } => {
+                Poll::Ready(ready!(body.poll_frame(cx)).map(|r| r.map(to_bytes)))
+            }
+            KindProj::Chunks {
+                chunks,
+                remaining,
+                rest,
+                error,
+                trailers,
+                reservation,
+            } => {
+                if let Some(chunk) = chunks.pop_front() {
+                    *remaining -= chunk.len() as u64;
+                    if chunks.is_empty() {
+                        // The buffered bytes are handed over: release them
+                        // from the budget as the last one leaves.
+                        reservation.take();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                if let Some(body) = rest {
+                    match ready!(body.as_mut().poll_frame(cx)) {
+                        Some(frame) => return Poll::Ready(Some(frame.map(to_bytes))),
+                        None => *rest = None,
+                    }
+                }
+                if let Some(error) = error.take() {
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+            KindProj::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Stream { body } => body.is_end_stream(),
+            Kind::Chunks {
+                chunks,
+                rest,
+                error,
+                trailers,
+                ..
+            } => {
+                chunks.is_empty()
+                    && rest.as_ref().is_none_or(|b| b.is_end_stream())
+                    && error.is_none()
+                    && trailers.is_none()
+            }
+            Kind::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Stream { body } => body.size_hint(),
+            Kind::Chunks {
+                remaining, rest, ..
+            } => match rest {
+                None => SizeHint::with_exact(*remaining),
+                Some(body) => {
+                    let inner = body.size_hint();
+                    let mut hint = SizeHint::new();
+                    hint.set_lower(inner.lower().saturating_add(*remaining));
+                    if let Some(upper) = inner.upper() {
+                        hint.set_upper(upper.saturating_add(*remaining));
+                    }
+                    hint
+                }
+            },
+            Kind::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// What the layer read of an inner body.
+pub(crate) struct Buffered<B: Body> {
+    pub(crate) chunks: VecDeque<Bytes>,
+    pub(crate) len: u64,
+    pub(crate) rest: Option<Pin<Box<B>>>,
+    pub(crate) error: Option<B::Error>,
+    pub(crate) trailers: Option<HeaderMap>,
+    pub(crate) reservation: Option<Reservation>,
+}
+
+impl<B: Body> Buffered<B> {
+    pub(crate) fn new() -> Self {
+        Self {
+            chunks: VecDeque::new(),
+            len: 0,
+            rest: None,
+            error: None,
+            trailers: None,
+            reservation: None,
+        }
+    }
+
+    /// Whether the whole body was read without error: the chunks are the
+    /// complete representation.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.rest.is_none() && self.error.is_none()
+    }
+}
+
+/// The global cap on bytes buffered for hashing across all in-flight
+/// responses.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// Reserves `bytes` more for `reservation`, or returns `false` (and
+    /// reserves nothing) when that would exceed the limit.
+    pub(crate) fn grow(
+        self: &Arc<Self>,
+        reservation: &mut Option<Reservation>,
+        bytes: u64,
+    ) -> bool {
+        let granted = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
+            .is_ok();
+        if granted {
+            reservation
+                .get_or_insert_with(|| Reservation {
+                    budget: self.clone(),
+                    bytes: 0,
+                })
+                .bytes += bytes;
+        }
+        granted
+    }
+
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// Bytes held against the [`Budget`], returned when dropped.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    budget: Arc<Budget>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use std::convert::Infallible;
+
+    #[test]
+    fn budget_refuses_past_its_limit_and_frees_on_drop() {
+        let budget = Budget::new(10);
+        let mut a = None;
+        assert!(budget.grow(&mut a, 6));
+        let mut b = None;
+        assert!(!budget.grow(&mut b, 5));
+        assert!(budget.grow(&mut b, 4));
+        assert_eq!(budget.used(), 10);
+        drop(a);
+        assert_eq!(budget.used(), 4);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn replay_yields_prefix_then_rest_then_trailers() {
+        type Frames = StreamBody<
+            futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>,
+        >;
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let rest: Frames = StreamBody::new(futures_util::stream::iter(vec![
+            Ok(Frame::data(Bytes::from_static(b"cd"))),
+            Ok(Frame::trailers(trailers.clone())),
+        ]));
+        let mut buffered = Buffered::<Frames>::new();
+        buffered.chunks.push_back(Bytes::from_static(b"ab"));
+        buffered.rest = Some(Box::pin(rest));
+        let body = ResponseBody::chunks(buffered);
+        assert_eq!(body.size_hint().lower(), 2);
+        let collected = body.collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers));
+        assert_eq!(collected.to_bytes(), "abcd");
+    }
+
+    #[tokio::test]
+    async fn stream_and_empty_report_exact_sizes() {
+        let body = ResponseBody::stream(Full::new(Bytes::from_static(b"hello")));
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert!(!body.is_end_stream());
+        let empty = ResponseBody::<Full<Bytes>>::empty();
+        assert!(empty.is_end_stream());
+        assert_eq!(empty.size_hint().exact(), Some(0));
+    }
+}

@@ -1,0 +1,167 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tower_layer::Layer;
+
+use crate::body::Budget;
+use crate::policy::CachePolicy;
+use crate::rules::{Rule, Rules};
+use crate::service::MediaCache;
+use crate::store::{CacheHandle, Store};
+
+/// Default per-response limit on bytes buffered to compute a content ETag.
+pub const DEFAULT_MAX_BUFFER: u64 = 16 * 1024 * 1024;
+/// Default cap on bytes buffered across all in-flight responses.
+pub const DEFAULT_BUFFER_BUDGET: u64 = 256 * 1024 * 1024;
+/// Default number of variants the validator store keeps.
+pub const DEFAULT_STORE_CAPACITY: usize = 100_000;
+
+pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// Everything a [`MediaCache`] needs, shared by all its clones.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) rules: Rules,
+    pub(crate) max_buffer: u64,
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) clock: Clock,
+}
+
+/// [`Layer`] that makes a service cache-friendly for media fetchers: adds
+/// validators and `Cache-Control`, and answers conditional requests.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use tower_media_cache::{CachePolicy, MediaCacheLayer};
+///
+/// let app: Router = Router::new()
+///     .route("/media/{name}", get(|| async { "bytes of the image" }))
+///     .route("/live/{name}", get(|| async { "latest snapshot" }))
+///     .layer(
+///         MediaCacheLayer::new(CachePolicy::max_age(Duration::from_secs(259_200)).public())
+///             .route("/live/{*path}", CachePolicy::no_cache()),
+///     );
+/// ```
+#[derive(Clone)]
+pub struct MediaCacheLayer {
+    config: Arc<Config>,
+}
+
+impl fmt::Debug for MediaCacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MediaCacheLayer")
+            .field("rules", &self.config.rules)
+            .field("max_buffer", &self.config.max_buffer)
+            .field("store", &self.config.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MediaCacheLayer {
+    /// A layer applying `policy` to every route that no other rule claims.
+    pub fn new(policy: CachePolicy) -> Self {
+        Self {
+            config: Arc::new(Config {
+                rules: Rules::new(policy),
+                max_buffer: DEFAULT_MAX_BUFFER,
+                budget: Budget::new(DEFAULT_BUFFER_BUDGET),
+                store: Arc::new(Store::new(DEFAULT_STORE_CAPACITY)),
+                clock: Arc::new(SystemTime::now),
+            }),
+        }
+    }
+
+    fn config(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Applies `policy` to request paths matching `pattern` (axum syntax:
+    /// `/media/{*path}`, `/avatars/{id}`). The most specific pattern wins:
+    /// static segments beat `{param}`, which beats `{*catch_all}`.
+    ///
+    /// # Panics
+    ///
+    /// When the pattern is invalid or conflicts with one already added, as
+    /// axum's `Router::route` does.
+    pub fn route(mut self, pattern: &str, policy: CachePolicy) -> Self {
+        self.config().rules.add_route(pattern, Rule::Policy(policy));
+        self
+    }
+
+    /// Leaves request paths matching `pattern` alone: no headers added, no
+    /// preconditions evaluated, nothing learned.
+    ///
+    /// # Panics
+    ///
+    /// As [`route`](Self::route).
+    pub fn exclude(mut self, pattern: &str) -> Self {
+        self.config().rules.add_route(pattern, Rule::Exclude);
+        self
+    }
+
+    /// Applies `policy` to responses whose `Content-Type` matches `pattern`
+    /// (`image/*`, `video/mp4`) when no route rule matched the request.
+    /// Exact types beat `type/*`.
+    pub fn content_type(mut self, pattern: &str, policy: CachePolicy) -> Self {
+        self.config().rules.add_content_type(pattern, policy);
+        self
+    }
+
+    /// The largest body buffered to compute a content ETag (default 16 MiB).
+    /// A larger body, or one whose size hint says it will be larger, streams
+    /// through untouched, without an ETag from the layer.
+    pub fn max_buffer_bytes(mut self, bytes: u64) -> Self {
+        self.config().max_buffer = bytes;
+        self
+    }
+
+    /// The most bytes buffered for hashing across all in-flight responses
+    /// (default 256 MiB). A response that would go past it streams through
+    /// unhashed instead of waiting; [`Stats::buffer_budget_exhausted`]
+    /// counts those.
+    ///
+    /// [`Stats::buffer_budget_exhausted`]: crate::Stats::buffer_budget_exhausted
+    pub fn buffer_budget(mut self, bytes: u64) -> Self {
+        self.config().budget = Budget::new(bytes);
+        self
+    }
+
+    /// How many variants the validator store keeps (default 100 000). Least
+    /// recently and least frequently used entries are evicted first.
+    ///
+    /// This makes a new, empty store: take [`handle`](Self::handle) after it.
+    pub fn store_capacity(mut self, variants: usize) -> Self {
+        self.config().store = Arc::new(Store::new(variants));
+        self
+    }
+
+    /// Replaces the clock (for tests and simulations). Every time the layer
+    /// reads — trust windows, `Date`, `Expires`, `If-Range` — comes from it.
+    pub fn clock<C>(mut self, clock: C) -> Self
+    where
+        C: Fn() -> SystemTime + Send + Sync + 'static,
+    {
+        self.config().clock = Arc::new(clock);
+        self
+    }
+
+    /// A handle on the validator store: invalidation and counters.
+    pub fn handle(&self) -> CacheHandle {
+        CacheHandle {
+            store: self.config.store.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for MediaCacheLayer {
+    type Service = MediaCache<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MediaCache::new(inner, self.config.clone())
+    }
+}

@@ -1,0 +1,441 @@
+//! RFC 9110 conditional requests: each precondition in its own function, and
+//! the order of evaluation of §13.2.2 in [`evaluate`].
+//!
+//! The functions are public so that a handler that does its own I/O can
+//! answer conditional requests exactly as the middleware does.
+//!
+//! # Example
+//!
+//! ```
+//! use http::{HeaderMap, HeaderValue, Method, header::IF_NONE_MATCH};
+//! use tower_media_cache::{EntityTag, Validators};
+//! use tower_media_cache::preconditions::{evaluate, Precondition};
+//!
+//! let current = Validators::new().with_etag(EntityTag::strong("v2").unwrap());
+//! let mut request = HeaderMap::new();
+//! request.insert(IF_NONE_MATCH, HeaderValue::from_static("\"v1\", W/\"v2\""));
+//! assert_eq!(evaluate(&Method::GET, &request, &current), Precondition::NotModified);
+//! ```
+
+use std::time::SystemTime;
+
+use http::header::{
+    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+};
+use http::{HeaderMap, HeaderValue, Method};
+
+use crate::headers::{self, HttpDate, TagList};
+use crate::validators::Validators;
+
+/// What the preconditions of a request say to do with it, RFC 9110 §13.2.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Every precondition holds (or none was sent): perform the method.
+    Proceed,
+    /// Answer `304 Not Modified` (GET and HEAD only).
+    NotModified,
+    /// Answer `412 Precondition Failed`.
+    Failed,
+}
+
+/// Whether a request carries any precondition evaluated by [`evaluate`].
+pub(crate) fn has_preconditions(headers: &HeaderMap) -> bool {
+    headers.contains_key(IF_MATCH)
+        || headers.contains_key(IF_NONE_MATCH)
+        || headers.contains_key(IF_MODIFIED_SINCE)
+        || headers.contains_key(IF_UNMODIFIED_SINCE)
+}
+
+/// `If-Match`, RFC 9110 §13.1.1.
+///
+/// True for `*` (a current representation exists: the caller evaluates only
+/// then), or when any listed tag matches the current entity tag by **strong**
+/// comparison. Members that are not valid entity tags match nothing, so a
+/// field that does not parse at all is false: a write guarded by a condition
+/// the server cannot read does not proceed.
+pub fn if_match(field: &HeaderMap, current: &Validators) -> bool {
+    match headers::tag_list_kind(field.get_all(IF_MATCH)) {
+        TagList::Absent | TagList::Any => true,
+        TagList::Tags => {
+            let Some(etag) = current.etag() else {
+                return false;
+            };
+            let etag = etag.as_ref();
+            headers::any_tag(field.get_all(IF_MATCH), |tag| tag.strong_eq(etag))
+        }
+    }
+}
+
+/// `If-None-Match`, RFC 9110 §13.1.2.
+///
+/// False for `*` (a current representation exists), or when any listed tag
+/// matches the current entity tag by **weak** comparison; true otherwise.
+/// Members that are not valid entity tags match nothing.
+pub fn if_none_match(field: &HeaderMap, current: &Validators) -> bool {
+    match headers::tag_list_kind(field.get_all(IF_NONE_MATCH)) {
+        TagList::Absent => true,
+        TagList::Any => false,
+        TagList::Tags => {
+            let Some(etag) = current.etag() else {
+                return true;
+            };
+            let etag = etag.as_ref();
+            !headers::any_tag(field.get_all(IF_NONE_MATCH), |tag| tag.weak_eq(etag))
+        }
+    }
+}
+
+/// `If-Modified-Since`, RFC 9110 §13.1.3: true ("modified") unless the
+/// representation's last modification, in whole seconds, is at or before the
+/// date. The caller applies the rules on when the field is ignored; an
+/// invalid date or several field lines are ignored here (true).
+pub fn if_modified_since(field: &HeaderMap, current: &Validators) -> bool {
+    match (
+        headers::single_date(field.get_all(IF_MODIFIED_SINCE)),
+        current.last_modified_date(),
+    ) {
+        (Some(since), Some(modified)) => modified > since,
+        _ => true,
+    }
+}
+
+/// `If-Unmodified-Since`, RFC 9110 §13.1.4: true unless the representation
+/// was modified after the date. Ignored (true) when the date is invalid, the
+/// field has several lines, or the representation has no modification date.
+pub fn if_unmodified_since(field: &HeaderMap, current: &Validators) -> bool {
+    match (
+        headers::single_date(field.get_all(IF_UNMODIFIED_SINCE)),
+        current.last_modified_date(),
+    ) {
+        (Some(since), Some(modified)) => modified <= since,
+        _ => true,
+    }
+}
+
+/// `If-Range`, RFC 9110 §13.1.5: whether a `Range` may be honoured.
+///
+/// True when the field is absent. An entity tag must match the current one
+/// by **strong** comparison (a weak tag never matches). A date must equal the
+/// `Last-Modified` exactly and that date must be a strong validator: at least
+/// one second before `now`, the time the response is generated (§8.8.2.2).
+/// Anything else, including a field that parses as neither, is false, and
+/// the whole representation is sent.
+pub fn if_range(field: &HeaderMap, current: &Validators, now: SystemTime) -> bool {
+    let mut lines = field.get_all(IF_RANGE).iter();
+    let value = match (lines.next(), lines.next()) {
+        (None, _) => return true,
+        (Some(value), None) => value,
+        _ => return false,
+    };
+    let trimmed = headers::trim_ows(value.as_bytes());
+    if trimmed.starts_with(b"\"") || trimmed.starts_with(b"W/") {
+        let Ok(tag) = crate::EntityTag::from_header(value) else {
+            return false;
+        };
+        return current
+            .etag()
+            .is_some_and(|etag| tag.as_ref().strong_eq(etag.as_ref()));
+    }
+    match (
+        headers::parse_http_date(value),
+        current.last_modified_date(),
+    ) {
+        (Some(date), Some(modified)) => {
+            date == modified && modified < HttpDate::from_system_time(now)
+        }
+        _ => false,
+    }
+}
+
+/// Evaluates the preconditions of a request against the current validators
+/// of the selected representation, in the order of RFC 9110 §13.2.2 (steps
+/// 1 to 4; step 5, `If-Range`, is [`if_range`]):
+///
+/// 1. `If-Match` present and false → 412.
+/// 2. No `If-Match`, `If-Unmodified-Since` present and false → 412.
+/// 3. `If-None-Match` present and false → 304 for GET and HEAD, 412 otherwise.
+/// 4. GET or HEAD, no `If-None-Match`, `If-Modified-Since` false → 304.
+///
+/// Call it only when a current representation exists and the response
+/// without preconditions would be a 2xx (§13.2.1): the middleware never turns
+/// an error or a redirect into a 304 or 412.
+pub fn evaluate(method: &Method, field: &HeaderMap, current: &Validators) -> Precondition {
+    if field.contains_key(IF_MATCH) {
+        if !if_match(field, current) {
+            return Precondition::Failed;
+        }
+    } else if field.contains_key(IF_UNMODIFIED_SINCE) && !if_unmodified_since(field, current) {
+        return Precondition::Failed;
+    }
+    let get_or_head = method == Method::GET || method == Method::HEAD;
+    if field.contains_key(IF_NONE_MATCH) {
+        if !if_none_match(field, current) {
+            return if get_or_head {
+                Precondition::NotModified
+            } else {
+                Precondition::Failed
+            };
+        }
+    } else if get_or_head
+        && field.contains_key(IF_MODIFIED_SINCE)
+        && !if_modified_since(field, current)
+    {
+        return Precondition::NotModified;
+    }
+    Precondition::Proceed
+}
+
+/// Whether a `Range` field is present and `If-Range` allows it; when it is
+/// not allowed the range is dropped and the full representation is sent.
+pub(crate) fn range_allowed(field: &HeaderMap, current: &Validators, now: SystemTime) -> bool {
+    field.contains_key(RANGE) && if_range(field, current, now)
+}
+
+/// `HeaderValue` of a single-line field, for callers that need the raw value.
+pub(crate) fn single(field: &HeaderMap, name: &http::HeaderName) -> Option<HeaderValue> {
+    let mut lines = field.get_all(name).iter();
+    match (lines.next(), lines.next()) {
+        (Some(value), None) => Some(value.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EntityTag;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const LM: u64 = 1_700_000_000;
+
+    fn current() -> Validators {
+        Validators::new()
+            .with_etag(EntityTag::strong("abc").unwrap())
+            .with_last_modified(UNIX_EPOCH + Duration::from_secs(LM) + Duration::from_millis(700))
+    }
+
+    fn req(fields: &[(http::HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in fields {
+            map.append(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn date(secs: u64) -> String {
+        httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
+    }
+
+    fn get(fields: &[(http::HeaderName, &str)]) -> Precondition {
+        evaluate(&Method::GET, &req(fields), &current())
+    }
+
+    #[test]
+    fn no_preconditions_proceed() {
+        assert_eq!(get(&[]), Precondition::Proceed);
+    }
+
+    #[test]
+    fn if_match_uses_strong_comparison() {
+        assert_eq!(get(&[(IF_MATCH, "\"abc\"")]), Precondition::Proceed);
+        assert_eq!(get(&[(IF_MATCH, "W/\"abc\"")]), Precondition::Failed);
+        assert_eq!(get(&[(IF_MATCH, "\"x\", \"abc\"")]), Precondition::Proceed);
+        assert_eq!(get(&[(IF_MATCH, "\"x\"")]), Precondition::Failed);
+    }
+
+    #[test]
+    fn if_match_star_holds_when_a_representation_exists() {
+        assert_eq!(get(&[(IF_MATCH, "*")]), Precondition::Proceed);
+    }
+
+    #[test]
+    fn if_match_that_does_not_parse_fails() {
+        assert_eq!(get(&[(IF_MATCH, "abc")]), Precondition::Failed);
+    }
+
+    #[test]
+    fn if_match_without_a_current_etag_fails() {
+        let no_tag = Validators::new();
+        assert_eq!(
+            evaluate(&Method::GET, &req(&[(IF_MATCH, "\"abc\"")]), &no_tag),
+            Precondition::Failed
+        );
+    }
+
+    #[test]
+    fn if_unmodified_since_fails_when_modified_later() {
+        assert_eq!(
+            get(&[(IF_UNMODIFIED_SINCE, &date(LM - 1))]),
+            Precondition::Failed
+        );
+        assert_eq!(
+            get(&[(IF_UNMODIFIED_SINCE, &date(LM))]),
+            Precondition::Proceed
+        );
+    }
+
+    #[test]
+    fn if_unmodified_since_is_ignored_when_if_match_is_present() {
+        assert_eq!(
+            get(&[(IF_MATCH, "\"abc\""), (IF_UNMODIFIED_SINCE, &date(LM - 1))]),
+            Precondition::Proceed
+        );
+    }
+
+    #[test]
+    fn if_unmodified_since_is_ignored_when_the_date_is_invalid() {
+        assert_eq!(
+            get(&[(IF_UNMODIFIED_SINCE, "not a date")]),
+            Precondition::Proceed
+        );
+    }
+
+    #[test]
+    fn if_unmodified_since_is_ignored_without_last_modified() {
+        let only_tag = Validators::new().with_etag(EntityTag::strong("abc").unwrap());
+        let field = req(&[(IF_UNMODIFIED_SINCE, &date(1))]);
+        assert_eq!(
+            evaluate(&Method::GET, &field, &only_tag),
+            Precondition::Proceed
+        );
+    }
+
+    #[test]
+    fn if_none_match_uses_weak_comparison() {
+        assert_eq!(
+            get(&[(IF_NONE_MATCH, "W/\"abc\"")]),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            get(&[(IF_NONE_MATCH, "\"abc\"")]),
+            Precondition::NotModified
+        );
+        assert_eq!(get(&[(IF_NONE_MATCH, "\"other\"")]), Precondition::Proceed);
+    }
+
+    #[test]
+    fn if_none_match_reads_lists_over_several_lines_with_spaces_and_tabs() {
+        assert_eq!(
+            get(&[
+                (IF_NONE_MATCH, " \"x\" ,\t"),
+                (IF_NONE_MATCH, "\t\"y\" , \"abc\" ")
+            ]),
+            Precondition::NotModified
+        );
+    }
+
+    #[test]
+    fn if_none_match_star_is_not_modified_for_get() {
+        assert_eq!(get(&[(IF_NONE_MATCH, "*")]), Precondition::NotModified);
+        assert_eq!(get(&[(IF_NONE_MATCH, "*, \"x\"")]), Precondition::Proceed);
+    }
+
+    #[test]
+    fn if_none_match_fails_unsafe_methods_with_412() {
+        let field = req(&[(IF_NONE_MATCH, "*")]);
+        assert_eq!(
+            evaluate(&Method::PUT, &field, &current()),
+            Precondition::Failed
+        );
+    }
+
+    #[test]
+    fn if_none_match_takes_precedence_over_if_modified_since() {
+        assert_eq!(
+            get(&[(IF_NONE_MATCH, "\"other\""), (IF_MODIFIED_SINCE, &date(LM))]),
+            Precondition::Proceed
+        );
+    }
+
+    #[test]
+    fn if_match_is_evaluated_before_if_none_match() {
+        assert_eq!(
+            get(&[(IF_MATCH, "\"x\""), (IF_NONE_MATCH, "\"abc\"")]),
+            Precondition::Failed
+        );
+    }
+
+    #[test]
+    fn if_modified_since_compares_whole_seconds() {
+        assert_eq!(
+            get(&[(IF_MODIFIED_SINCE, &date(LM))]),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            get(&[(IF_MODIFIED_SINCE, &date(LM + 3600))]),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            get(&[(IF_MODIFIED_SINCE, &date(LM - 1))]),
+            Precondition::Proceed
+        );
+    }
+
+    #[test]
+    fn if_modified_since_applies_to_get_and_head_only() {
+        let field = req(&[(IF_MODIFIED_SINCE, &date(LM))]);
+        assert_eq!(
+            evaluate(&Method::HEAD, &field, &current()),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            evaluate(&Method::POST, &field, &current()),
+            Precondition::Proceed
+        );
+    }
+
+    #[test]
+    fn if_modified_since_ignores_invalid_dates_and_several_lines() {
+        assert_eq!(
+            get(&[(IF_MODIFIED_SINCE, "garbage")]),
+            Precondition::Proceed
+        );
+        assert_eq!(
+            get(&[
+                (IF_MODIFIED_SINCE, &date(LM)),
+                (IF_MODIFIED_SINCE, &date(LM))
+            ]),
+            Precondition::Proceed
+        );
+    }
+
+    #[test]
+    fn if_modified_since_accepts_all_three_date_forms() {
+        // LM + 1 day in each of the three forms.
+        for form in [
+            "Wed, 15 Nov 2023 22:13:20 GMT",
+            "Wednesday, 15-Nov-23 22:13:20 GMT",
+            "Wed Nov 15 22:13:20 2023",
+        ] {
+            assert_eq!(
+                get(&[(IF_MODIFIED_SINCE, form)]),
+                Precondition::NotModified,
+                "{form}"
+            );
+        }
+    }
+
+    #[test]
+    fn if_range_with_a_strong_matching_tag_allows_the_range() {
+        let now = SystemTime::now();
+        let field = req(&[(RANGE, "bytes=0-1"), (IF_RANGE, "\"abc\"")]);
+        assert!(range_allowed(&field, &current(), now));
+        let weak = req(&[(RANGE, "bytes=0-1"), (IF_RANGE, "W/\"abc\"")]);
+        assert!(!range_allowed(&weak, &current(), now));
+        let other = req(&[(RANGE, "bytes=0-1"), (IF_RANGE, "\"zzz\"")]);
+        assert!(!range_allowed(&other, &current(), now));
+    }
+
+    #[test]
+    fn if_range_with_a_date_needs_exact_equality_and_a_strong_date() {
+        let now = UNIX_EPOCH + Duration::from_secs(LM + 10);
+        let exact = req(&[(RANGE, "bytes=0-1"), (IF_RANGE, &date(LM))]);
+        assert!(range_allowed(&exact, &current(), now));
+        let later = req(&[(RANGE, "bytes=0-1"), (IF_RANGE, &date(LM + 1))]);
+        assert!(!range_allowed(&later, &current(), now));
+        let same_second = UNIX_EPOCH + Duration::from_secs(LM);
+        assert!(!range_allowed(&exact, &current(), same_second));
+        let garbage = req(&[(RANGE, "bytes=0-1"), (IF_RANGE, "soon")]);
+        assert!(!range_allowed(&garbage, &current(), now));
+    }
+}

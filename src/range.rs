@@ -1,0 +1,277 @@
+//! Byte ranges, RFC 9110 §14: parsing `Range: bytes=…` against a known
+//! length, and cutting the ranges out of a buffered body without copying it.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use http::HeaderValue;
+
+/// More ranges than this in one request are answered with the full
+/// representation (RFC 9110 §14.2 lets a server ignore such requests; many
+/// small ranges are a known amplification trick).
+pub const MAX_RANGES: usize = 16;
+
+/// What to answer to a `Range` request for a representation of known length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RangeAnswer {
+    /// Ignore the field and send the whole representation (absent, not
+    /// `bytes`, malformed, too many ranges, or ranges that overlap so much
+    /// they add up to more than the whole).
+    Full,
+    /// `206` with these inclusive `(first, last)` ranges, in request order.
+    Partial(Vec<(u64, u64)>),
+    /// `416` with `Content-Range: bytes */len`.
+    Unsatisfiable,
+}
+
+/// Evaluates a `Range` field for a representation of `len` bytes,
+/// RFC 9110 §14.1.2 (syntax) and §14.2 (satisfiability):
+///
+/// ```text
+/// Range = ranges-specifier
+/// ranges-specifier = range-unit "=" range-set
+/// range-set = 1#range-spec
+/// range-spec = int-range / suffix-range / other-range
+/// int-range = first-pos "-" [ last-pos ]
+/// suffix-range = "-" suffix-length
+/// ```
+///
+/// The unit is matched case-insensitively. A range whose first position is
+/// past the end is unsatisfiable; a last position past the end is clipped;
+/// a suffix longer than the representation means all of it.
+pub(crate) fn evaluate(value: &HeaderValue, len: u64) -> RangeAnswer {
+    let bytes = crate::headers::trim_ows(value.as_bytes());
+    let Some(eq) = bytes.iter().position(|&b| b == b'=') else {
+        return RangeAnswer::Full;
+    };
+    if !crate::headers::trim_ows(&bytes[..eq]).eq_ignore_ascii_case(b"bytes") {
+        return RangeAnswer::Full;
+    }
+    let mut satisfiable = Vec::new();
+    let mut specs = 0usize;
+    for spec in bytes[eq + 1..].split(|&b| b == b',') {
+        let spec = crate::headers::trim_ows(spec);
+        if spec.is_empty() {
+            continue;
+        }
+        specs += 1;
+        if specs > MAX_RANGES {
+            return RangeAnswer::Full;
+        }
+        let Some(dash) = spec.iter().position(|&b| b == b'-') else {
+            return RangeAnswer::Full;
+        };
+        let (first, last) = (&spec[..dash], &spec[dash + 1..]);
+        let range = if first.is_empty() {
+            let Some(suffix) = digits(last) else {
+                return RangeAnswer::Full;
+            };
+            (suffix > 0 && len > 0).then(|| (len.saturating_sub(suffix), len - 1))
+        } else {
+            let Some(first) = digits(first) else {
+                return RangeAnswer::Full;
+            };
+            let last = if last.is_empty() {
+                u64::MAX
+            } else {
+                match digits(last) {
+                    Some(last) if last >= first => last,
+                    _ => return RangeAnswer::Full,
+                }
+            };
+            (first < len).then(|| (first, last.min(len - 1)))
+        };
+        satisfiable.extend(range);
+    }
+    if specs == 0 {
+        return RangeAnswer::Full;
+    }
+    if satisfiable.is_empty() {
+        return RangeAnswer::Unsatisfiable;
+    }
+    let total: u64 = satisfiable.iter().map(|(a, b)| b - a + 1).sum();
+    if satisfiable.len() > 1 && total > len {
+        return RangeAnswer::Full;
+    }
+    RangeAnswer::Partial(satisfiable)
+}
+
+/// `1*DIGIT` as a number; `None` for anything else or on overflow.
+fn digits(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || bytes.len() > 19 || !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// The bytes `first..=last` of a body held as chunks, as cheap slices of
+/// those chunks (no copy).
+pub(crate) fn slice(chunks: &VecDeque<Bytes>, first: u64, last: u64) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    for chunk in chunks {
+        let len = chunk.len() as u64;
+        let (start, end) = (offset, offset + len);
+        offset = end;
+        if end <= first {
+            continue;
+        }
+        if start > last {
+            break;
+        }
+        let from = first.saturating_sub(start) as usize;
+        let to = ((last + 1).min(end) - start) as usize;
+        out.push(chunk.slice(from..to));
+    }
+    out
+}
+
+/// `Content-Range: bytes first-last/len`.
+pub(crate) fn content_range(first: u64, last: u64, len: u64) -> HeaderValue {
+    HeaderValue::try_from(format!("bytes {first}-{last}/{len}"))
+        .expect("digits are a valid header value")
+}
+
+/// `Content-Range: bytes */len`, for 416.
+pub(crate) fn unsatisfied_range(len: u64) -> HeaderValue {
+    HeaderValue::try_from(format!("bytes */{len}")).expect("digits are a valid header value")
+}
+
+/// A `multipart/byteranges` body (RFC 9110 §14.6) for several ranges.
+/// Returns the parts as chunks and the boundary used.
+pub(crate) fn multipart(
+    chunks: &VecDeque<Bytes>,
+    ranges: &[(u64, u64)],
+    len: u64,
+    content_type: Option<&HeaderValue>,
+    boundary: &str,
+) -> VecDeque<Bytes> {
+    let mut out = VecDeque::new();
+    for (i, &(first, last)) in ranges.iter().enumerate() {
+        let mut head = String::new();
+        if i > 0 {
+            head.push_str("\r\n");
+        }
+        head.push_str("--");
+        head.push_str(boundary);
+        head.push_str("\r\n");
+        if let Some(ct) = content_type.and_then(|v| v.to_str().ok()) {
+            head.push_str("Content-Type: ");
+            head.push_str(ct);
+            head.push_str("\r\n");
+        }
+        head.push_str(&format!(
+            "Content-Range: bytes {first}-{last}/{len}\r\n\r\n"
+        ));
+        out.push_back(Bytes::from(head));
+        out.extend(slice(chunks, first, last));
+    }
+    out.push_back(Bytes::from(format!("\r\n--{boundary}--\r\n")));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(value: &'static str, len: u64) -> RangeAnswer {
+        evaluate(&HeaderValue::from_static(value), len)
+    }
+
+    #[test]
+    fn the_three_range_forms() {
+        assert_eq!(
+            eval("bytes=0-99", 1000),
+            RangeAnswer::Partial(vec![(0, 99)])
+        );
+        assert_eq!(
+            eval("bytes=900-", 1000),
+            RangeAnswer::Partial(vec![(900, 999)])
+        );
+        assert_eq!(
+            eval("bytes=-100", 1000),
+            RangeAnswer::Partial(vec![(900, 999)])
+        );
+        assert_eq!(eval("Bytes = 5-5", 10), RangeAnswer::Partial(vec![(5, 5)]));
+    }
+
+    #[test]
+    fn last_position_past_the_end_is_clipped_and_long_suffix_is_everything() {
+        assert_eq!(
+            eval("bytes=10-5000", 100),
+            RangeAnswer::Partial(vec![(10, 99)])
+        );
+        assert_eq!(
+            eval("bytes=-5000", 100),
+            RangeAnswer::Partial(vec![(0, 99)])
+        );
+    }
+
+    #[test]
+    fn unsatisfiable_ranges() {
+        assert_eq!(eval("bytes=1000-", 1000), RangeAnswer::Unsatisfiable);
+        assert_eq!(eval("bytes=-0", 1000), RangeAnswer::Unsatisfiable);
+        assert_eq!(eval("bytes=0-", 0), RangeAnswer::Unsatisfiable);
+    }
+
+    #[test]
+    fn malformed_ranges_are_ignored() {
+        for bad in [
+            "bytes=a-b",
+            "bytes=5-1",
+            "items=0-1",
+            "bytes=",
+            "bytes",
+            "bytes=1",
+            "bytes=--1",
+            "bytes=99999999999999999999-",
+            "bytes=0-1,x",
+        ] {
+            assert_eq!(eval(bad, 1000), RangeAnswer::Full, "{bad}");
+        }
+    }
+
+    #[test]
+    fn too_many_or_overlapping_ranges_get_the_full_body() {
+        let many = (0..=MAX_RANGES)
+            .map(|i| format!("{i}-{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let value = HeaderValue::try_from(format!("bytes={many}")).unwrap();
+        assert_eq!(evaluate(&value, 1000), RangeAnswer::Full);
+        assert_eq!(eval("bytes=0-999,0-999", 1000), RangeAnswer::Full);
+        assert_eq!(
+            eval("bytes=0-1, 5-6", 1000),
+            RangeAnswer::Partial(vec![(0, 1), (5, 6)])
+        );
+    }
+
+    #[test]
+    fn slices_cross_chunk_boundaries() {
+        let chunks: VecDeque<Bytes> = [&b"abc"[..], b"defg", b"hij"]
+            .into_iter()
+            .map(Bytes::from_static)
+            .collect();
+        let cut = |a, b| slice(&chunks, a, b).concat();
+        assert_eq!(cut(0, 9), b"abcdefghij");
+        assert_eq!(cut(2, 7), b"cdefgh");
+        assert_eq!(cut(3, 6), b"defg");
+        assert_eq!(cut(9, 9), b"j");
+    }
+
+    #[test]
+    fn multipart_body_has_a_part_per_range() {
+        let chunks: VecDeque<Bytes> = [Bytes::from_static(b"0123456789")].into();
+        let ct = HeaderValue::from_static("text/plain");
+        let body = multipart(&chunks, &[(0, 1), (8, 9)], 10, Some(&ct), "B")
+            .into_iter()
+            .collect::<Vec<_>>()
+            .concat();
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            "--B\r\nContent-Type: text/plain\r\nContent-Range: bytes 0-1/10\r\n\r\n01\
+             \r\n--B\r\nContent-Type: text/plain\r\nContent-Range: bytes 8-9/10\r\n\r\n89\
+             \r\n--B--\r\n"
+        );
+    }
+}

@@ -1,0 +1,157 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{AUTHORIZATION, COOKIE, IF_RANGE, RANGE};
+use http::{Method, Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::body::ResponseBody;
+use crate::future::{Ctx, ResponseFuture};
+use crate::layer::Config;
+use crate::preconditions::{self, Precondition};
+use crate::rules::RouteMatch;
+use crate::store;
+
+/// Middleware that adds validators and `Cache-Control` to responses and
+/// answers conditional requests, from its validator store when it may.
+///
+/// Made by [`MediaCacheLayer`](crate::MediaCacheLayer). Clones share the
+/// store and configuration.
+#[derive(Clone)]
+pub struct MediaCache<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for MediaCache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaCache")
+            .field("inner", &self.inner)
+            .field("store", &self.config.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> MediaCache<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
+        Self { inner, config }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A handle on the validator store.
+    pub fn handle(&self) -> crate::CacheHandle {
+        crate::CacheHandle {
+            store: self.config.store.clone(),
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for MediaCache<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    /// Classify the request → maybe answer from the store or a probe → call
+    /// the inner service; the [`ResponseFuture`] does the rest.
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let config = &self.config;
+        let route = config.rules.route(request.uri().path());
+        if route == RouteMatch::Excluded {
+            return ResponseFuture::passthrough(self.inner.call(request));
+        }
+        let now = (config.clock)();
+        let policy = config.rules.request_policy(route);
+        let method = request.method().clone();
+        let headers = request.headers();
+
+        // Classify.
+        let credentials = headers.contains_key(AUTHORIZATION) || headers.contains_key(COOKIE);
+        let store_allowed = !credentials || policy.is_public();
+        let conditional = preconditions::has_preconditions(headers);
+        let ranged =
+            method == Method::GET && headers.contains_key(RANGE) && headers.contains_key(IF_RANGE);
+        let key = store::key_of(request.uri());
+        let entry = if store_allowed && (conditional || ranged || method == Method::HEAD) {
+            config
+                .store
+                .lookup(key, store::host_of(request.uri(), headers), headers)
+        } else {
+            None
+        };
+
+        // Answer from a trusted entry.
+        if policy.probe_ref().is_none() {
+            if let Some(entry) = entry.as_ref().filter(|e| e.is_trusted(now)) {
+                if conditional {
+                    match preconditions::evaluate(&method, headers, &entry.validators) {
+                        Precondition::NotModified => {
+                            return ResponseFuture::ready(Ctx::short_circuit_not_modified(
+                                config, entry, key, now,
+                            ));
+                        }
+                        Precondition::Failed => {
+                            return ResponseFuture::ready(Ctx::short_circuit_failed(
+                                config,
+                                &entry.validators,
+                                key,
+                                now,
+                            ));
+                        }
+                        Precondition::Proceed => {}
+                    }
+                }
+                if ranged && !preconditions::if_range(headers, &entry.validators, now) {
+                    // The client's partial copy is not the current one:
+                    // have the inner service send all of it.
+                    request.headers_mut().remove(RANGE);
+                }
+            }
+        }
+
+        let ctx = Ctx::new(
+            self.config.clone(),
+            &request,
+            route,
+            now,
+            store_allowed,
+            entry,
+        );
+
+        // Ask the probe instead of the inner service.
+        if store_allowed && (conditional || ranged) {
+            if let Some(probe) = policy.probe_ref() {
+                let (parts, body) = request.into_parts();
+                let probing = probe.probe(&parts);
+                let request = Request::from_parts(parts, body);
+                // The service that was driven to readiness moves into the
+                // future; a clone takes its place (tower-service's pattern).
+                let clone = self.inner.clone();
+                let mut ready = std::mem::replace(&mut self.inner, clone);
+                let call = Box::new(move |strip_range: bool| {
+                    let mut request = request;
+                    if strip_range {
+                        request.headers_mut().remove(RANGE);
+                    }
+                    ready.call(request)
+                });
+                return ResponseFuture::probing(probing, call, ctx);
+            }
+        }
+
+        ResponseFuture::inner(self.inner.call(request), ctx)
+    }
+}

@@ -158,10 +158,10 @@ where
                     ready!(ctx.poll_buffer(cx, body, buf, hasher.as_mut()));
                     let buf = buffered.take().expect("buffer present while buffering");
                     let mut head = head.take().expect("head present while buffering");
-                    if buf.is_complete() {
-                        if let Some(hasher) = hasher.take() {
-                            ctx.content_etag(&mut head, hasher);
-                        }
+                    if buf.is_complete()
+                        && let Some(hasher) = hasher.take()
+                    {
+                        ctx.content_etag(&mut head, hasher);
                     }
                     State::Ready {
                         response: Some(ctx.finish(head, Source::Buffered(buf))),
@@ -401,11 +401,12 @@ impl Ctx {
             head.headers.insert(ETAG, repaired);
         }
         self.validators = Validators::from_headers(&head.headers);
-        if self.method == Method::HEAD && self.validators.is_empty() {
-            if let Some(entry) = self.entry.as_ref().filter(|e| e.is_trusted(self.now)) {
-                entry.validators.write_to(&mut head.headers);
-                self.validators = entry.validators.clone();
-            }
+        if self.method == Method::HEAD
+            && self.validators.is_empty()
+            && let Some(entry) = self.entry.as_ref().filter(|e| e.is_trusted(self.now))
+        {
+            entry.validators.write_to(&mut head.headers);
+            self.validators = entry.validators.clone();
         }
 
         if self.is_get() && status == StatusCode::OK {

@@ -80,7 +80,7 @@ impl EntityTag {
     pub fn from_header(value: &HeaderValue) -> Result<Self, InvalidEntityTag> {
         let bytes = trim_ows(value.as_bytes());
         match scan_tag(bytes) {
-            Some((tag, rest)) if rest.is_empty() => Ok(Self {
+            Some((tag, [])) => Ok(Self {
                 weak: tag.weak,
                 value: if bytes.len() == value.len() {
                     value.clone()

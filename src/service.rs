@@ -94,31 +94,31 @@ where
         };
 
         // Answer from a trusted entry.
-        if policy.probe_ref().is_none() {
-            if let Some(entry) = entry.as_ref().filter(|e| e.is_trusted(now)) {
-                if conditional {
-                    match preconditions::evaluate(&method, headers, &entry.validators) {
-                        Precondition::NotModified => {
-                            return ResponseFuture::ready(Ctx::short_circuit_not_modified(
-                                config, entry, key, now,
-                            ));
-                        }
-                        Precondition::Failed => {
-                            return ResponseFuture::ready(Ctx::short_circuit_failed(
-                                config,
-                                &entry.validators,
-                                key,
-                                now,
-                            ));
-                        }
-                        Precondition::Proceed => {}
+        if policy.probe_ref().is_none()
+            && let Some(entry) = entry.as_ref().filter(|e| e.is_trusted(now))
+        {
+            if conditional {
+                match preconditions::evaluate(&method, headers, &entry.validators) {
+                    Precondition::NotModified => {
+                        return ResponseFuture::ready(Ctx::short_circuit_not_modified(
+                            config, entry, key, now,
+                        ));
                     }
+                    Precondition::Failed => {
+                        return ResponseFuture::ready(Ctx::short_circuit_failed(
+                            config,
+                            &entry.validators,
+                            key,
+                            now,
+                        ));
+                    }
+                    Precondition::Proceed => {}
                 }
-                if ranged && !preconditions::if_range(headers, &entry.validators, now) {
-                    // The client's partial copy is not the current one:
-                    // have the inner service send all of it.
-                    request.headers_mut().remove(RANGE);
-                }
+            }
+            if ranged && !preconditions::if_range(headers, &entry.validators, now) {
+                // The client's partial copy is not the current one:
+                // have the inner service send all of it.
+                request.headers_mut().remove(RANGE);
             }
         }
 
@@ -132,24 +132,25 @@ where
         );
 
         // Ask the probe instead of the inner service.
-        if store_allowed && (conditional || ranged) {
-            if let Some(probe) = policy.probe_ref() {
-                let (parts, body) = request.into_parts();
-                let probing = probe.probe(&parts);
-                let request = Request::from_parts(parts, body);
-                // The service that was driven to readiness moves into the
-                // future; a clone takes its place (tower-service's pattern).
-                let clone = self.inner.clone();
-                let mut ready = std::mem::replace(&mut self.inner, clone);
-                let call = Box::new(move |strip_range: bool| {
-                    let mut request = request;
-                    if strip_range {
-                        request.headers_mut().remove(RANGE);
-                    }
-                    ready.call(request)
-                });
-                return ResponseFuture::probing(probing, call, ctx);
-            }
+        if store_allowed
+            && (conditional || ranged)
+            && let Some(probe) = policy.probe_ref()
+        {
+            let (parts, body) = request.into_parts();
+            let probing = probe.probe(&parts);
+            let request = Request::from_parts(parts, body);
+            // The service that was driven to readiness moves into the
+            // future; a clone takes its place (tower-service's pattern).
+            let clone = self.inner.clone();
+            let mut ready = std::mem::replace(&mut self.inner, clone);
+            let call = Box::new(move |strip_range: bool| {
+                let mut request = request;
+                if strip_range {
+                    request.headers_mut().remove(RANGE);
+                }
+                ready.call(request)
+            });
+            return ResponseFuture::probing(probing, call, ctx);
         }
 
         ResponseFuture::inner(self.inner.call(request), ctx)

@@ -460,10 +460,10 @@ pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
             if member == b"*" {
                 return None;
             }
-            if let Ok(name) = HeaderName::from_bytes(member) {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
+            if let Ok(name) = HeaderName::from_bytes(member)
+                && !names.contains(&name)
+            {
+                names.push(name);
             }
         }
     }

@@ -1,0 +1,258 @@
+//! A small media server behind `MediaCacheLayer`.
+//!
+//! ```sh
+//! cargo run --release --example media_server        # http://127.0.0.1:3000/
+//! PORT=8080 RUST_LOG=debug cargo run --example media_server
+//! ```
+//!
+//! * `/media/{*path}` serves the files of `examples/media/` (a PNG, a WAV
+//!   tone and a Y4M video, all made by `examples/media/generate.py`) with
+//!   `Cache-Control: public, max-age=259200` and a content `ETag`.
+//! * `/live/{*path}` is `no-cache`: a generated `snapshot.svg` that changes
+//!   every 10 seconds, and the same files as "latest copies". Caches keep
+//!   them but revalidate on every use; the layer answers `304` while the
+//!   bytes are unchanged.
+//! * `/` is an HTML page linking to all of it (also `no-cache`).
+//!
+//! On start it prints two `curl` commands: one showing the `200` with its
+//! `ETag` and `Cache-Control`, one showing the `304` for a revalidation.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tower::ServiceBuilder;
+use tower::util::{MapRequest, MapResponse};
+use tower_http::services::ServeDir;
+use tower_http::services::fs::ServeFileSystemResponseBody;
+use tower_media_cache::{CachePolicy, MediaCacheLayer, content_etag};
+
+/// How long fetchers may reuse `/media/` responses without asking: 3 days.
+pub const MEDIA_MAX_AGE: Duration = Duration::from_secs(259_200);
+
+/// How often `/live/snapshot.svg` changes.
+pub const SNAPSHOT_PERIOD: Duration = Duration::from_secs(10);
+
+/// Extensions of the files the index lists (the generator script is served
+/// too, but not advertised).
+const MEDIA_EXTENSIONS: &[&str] = &["png", "wav", "y4m"];
+
+/// `examples/media/` of this crate, wherever the binary runs from.
+pub fn media_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/media")
+}
+
+/// The layer this server uses: `public, max-age=259200` by default,
+/// `no-cache` for `/live/` and for the index page.
+pub fn cache_layer() -> MediaCacheLayer {
+    MediaCacheLayer::new(CachePolicy::max_age(MEDIA_MAX_AGE).public())
+        .route("/live/{*path}", CachePolicy::no_cache())
+        .route("/", CachePolicy::no_cache())
+}
+
+/// The whole application with [`cache_layer`].
+pub fn app() -> Router {
+    app_with(cache_layer())
+}
+
+/// The application wrapped in `layer` (tests pass their own to keep a
+/// [`CacheHandle`](tower_media_cache::CacheHandle) on it).
+pub fn app_with(layer: MediaCacheLayer) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/live/snapshot.svg", get(snapshot))
+        .nest_service("/live", serve_media())
+        .nest_service("/media", serve_media())
+        .layer(layer)
+        // Outside the cache layer, so the 304s it answers itself are logged.
+        .layer(middleware::from_fn(log_request))
+}
+
+/// A file server for [`media_dir`] (Content-Type from the extension),
+/// adapted so that the cache layer is the one authority on validators.
+///
+/// tower-http's `ServeDir` sends an `ETag` of its own, made of the file's
+/// size and modification time, and answers conditional and range requests
+/// against it. That tag differs between replicas and changes whenever a
+/// deploy touches the file, and the layer keeps an `ETag` the service
+/// already set. So the adapter
+///
+/// * hides the conditional and `Range` headers from `ServeDir` — the layer
+///   has already read them and answers them itself, from the content
+///   (ranges are served from the buffered body, up to
+///   `max_buffer_bytes`);
+/// * removes `ServeDir`'s `ETag`, so the layer puts the content `ETag`
+///   (XXH3-128 of the bytes, the same on every replica) in its place.
+///
+/// `ServeDir`'s `Last-Modified` stays; the layer answers
+/// `If-Modified-Since` against it.
+pub fn serve_media() -> MediaFiles {
+    ServiceBuilder::new()
+        .map_request(hide_validators as fn(Request) -> Request)
+        .map_response(drop_etag as fn(FileResponse) -> FileResponse)
+        .service(ServeDir::new(media_dir()))
+}
+
+/// [`serve_media`]'s service.
+pub type MediaFiles =
+    MapRequest<MapResponse<ServeDir, fn(FileResponse) -> FileResponse>, fn(Request) -> Request>;
+
+type FileResponse = Response<ServeFileSystemResponseBody>;
+
+fn hide_validators(mut request: Request) -> Request {
+    for name in [
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
+    ] {
+        request.headers_mut().remove(name);
+    }
+    request
+}
+
+fn drop_etag(mut response: FileResponse) -> FileResponse {
+    response.headers_mut().remove(header::ETAG);
+    response
+}
+
+/// The names of the media files, sorted.
+pub fn media_files() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(media_dir())
+        .expect("examples/media/ is readable")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| {
+            name.rsplit_once('.')
+                .is_some_and(|(_, ext)| MEDIA_EXTENSIONS.contains(&ext))
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The URL the index links a media file under. The one place to change
+/// when the links become fingerprinted.
+pub fn media_url(name: &str) -> String {
+    format!("/media/{name}")
+}
+
+/// The index page: a link to each file in `files` (through [`media_url`])
+/// and to the live snapshot.
+pub fn index_page(files: &[String]) -> String {
+    let mut html = String::from(
+        "<!doctype html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
+         <title>tower-media-cache sample media</title></head>\n<body>\n\
+         <h1>Sample media</h1>\n<ul>\n",
+    );
+    for name in files {
+        let name = escape(name);
+        let href = escape(&media_url(&name));
+        html.push_str(&format!("  <li><a href=\"{href}\">{name}</a></li>\n"));
+    }
+    html.push_str(
+        "</ul>\n<h2>Live</h2>\n<p><a href=\"/live/snapshot.svg\">snapshot.svg</a> \
+         (<code>no-cache</code>, changes every 10 seconds)</p>\n</body>\n</html>\n",
+    );
+    html
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+async fn index() -> Html<String> {
+    Html(index_page(&media_files()))
+}
+
+/// The snapshot number `n`: a small SVG whose colour and caption change
+/// with `n`.
+pub fn snapshot_svg(n: u64) -> String {
+    let hue = (n * 47) % 360;
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"160\" height=\"90\">\
+         <rect width=\"160\" height=\"90\" fill=\"hsl({hue},70%,45%)\"/>\
+         <text x=\"80\" y=\"52\" font-family=\"sans-serif\" font-size=\"16\" \
+         fill=\"white\" text-anchor=\"middle\">snapshot #{n}</text></svg>\n"
+    )
+}
+
+/// The number of the current snapshot.
+pub fn current_snapshot() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    since_epoch.as_secs() / SNAPSHOT_PERIOD.as_secs()
+}
+
+async fn snapshot() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "image/svg+xml")],
+        snapshot_svg(current_snapshot()),
+    )
+}
+
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let response = next.run(request).await;
+    let etag = response.headers().get(header::ETAG);
+    let etag = etag.and_then(|v| v.to_str().ok()).unwrap_or("-");
+    tracing::info!(%method, %uri, status = response.status().as_u16(), etag, "request");
+    response
+}
+
+/// The address to listen on: 127.0.0.1 and `PORT` (default 3000).
+pub fn listen_addr() -> SocketAddr {
+    let port = match std::env::var("PORT") {
+        Ok(port) => port.parse().expect("PORT is a port number"),
+        Err(_) => 3000,
+    };
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_media_cache=debug".into()),
+        )
+        .init();
+
+    let listener = tokio::net::TcpListener::bind(listen_addr())
+        .await
+        .expect("bind the listen address");
+    let base = format!("http://{}", listener.local_addr().expect("local address"));
+
+    let files = media_files();
+    let example = files.first().expect("examples/media/ has media files");
+    let bytes = std::fs::read(media_dir().join(example)).expect("read the example file");
+    let etag = content_etag(&bytes);
+    let etag = etag.header_value().to_str().expect("an ETag is ASCII");
+    let url = format!("{base}{}", media_url(example));
+    println!("Serving {} on {base}/", media_dir().display());
+    println!();
+    println!("  200 with ETag and Cache-Control:");
+    println!("    curl -i {url}");
+    println!("  304 for a revalidation:");
+    println!("    curl -i -H 'If-None-Match: {etag}' {url}");
+    println!();
+
+    axum::serve(listener, app())
+        .with_graceful_shutdown(async {
+            tokio::signal::ctrl_c().await.ok();
+        })
+        .await
+        .expect("serve");
+}

@@ -15,7 +15,8 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 use crate::body::{Buffered, ResponseBody};
-use crate::headers::HttpDate;
+use crate::fingerprint::Fingerprint;
+use crate::headers::{EntityTag, HttpDate};
 use crate::layer::Config;
 use crate::policy::{CachePolicy, Directives, ProbeFuture, Trust};
 use crate::preconditions::{self, Precondition};
@@ -158,11 +159,13 @@ where
                     ready!(ctx.poll_buffer(cx, body, buf, hasher.as_mut()));
                     let buf = buffered.take().expect("buffer present while buffering");
                     let mut head = head.take().expect("head present while buffering");
-                    if buf.is_complete()
-                        && let Some(hasher) = hasher.take()
-                    {
-                        ctx.content_etag(&mut head, hasher);
-                    }
+                    let hash = match hasher.take() {
+                        Some(hasher) if buf.is_complete() => {
+                            Some(ctx.content_etag(&mut head, hasher))
+                        }
+                        _ => None,
+                    };
+                    ctx.settle_fingerprint(&mut head.headers, hash.as_ref());
                     State::Ready {
                         response: Some(ctx.finish(head, Source::Buffered(buf))),
                     }
@@ -213,6 +216,7 @@ pub(crate) struct Ctx {
     directives: Directives,
     validators: Validators,
     first_seen: Option<HttpDate>,
+    fingerprint: Option<Fingerprint>,
 }
 
 impl Ctx {
@@ -242,7 +246,12 @@ impl Ctx {
             directives: Directives::default(),
             validators: Validators::new(),
             first_seen: None,
+            fingerprint: None,
         }
+    }
+
+    pub(crate) fn set_fingerprint(&mut self, fingerprint: Fingerprint) {
+        self.fingerprint = Some(fingerprint);
     }
 
     fn key(&self) -> &str {
@@ -410,7 +419,8 @@ impl Ctx {
         }
 
         if self.is_get() && status == StatusCode::OK {
-            let want_hash = self.validators.etag().is_none() && !self.directives.no_store;
+            let want_hash = (self.validators.etag().is_none() && !self.directives.no_store)
+                || self.fingerprint.is_some();
             let want_range = self.request_headers.contains_key(RANGE);
             if want_hash || want_range {
                 if body.size_hint().lower() <= config.max_buffer {
@@ -421,6 +431,14 @@ impl Ctx {
                 }
             }
         }
+        // Not hashed: a fingerprint can only be vouched for by a trusted
+        // entry learned from a verified answer (a HEAD after a GET).
+        let known = self
+            .entry
+            .as_ref()
+            .filter(|e| e.is_trusted(self.now))
+            .and_then(|e| e.validators.etag().cloned());
+        self.settle_fingerprint(&mut head.headers, known.as_ref());
         Plan::Finish
     }
 
@@ -497,16 +515,43 @@ impl Ctx {
         }
     }
 
-    /// Sets the content ETag of a completely read body.
-    fn content_etag(&mut self, head: &mut response::Parts, hasher: ContentHasher) {
+    /// The content ETag of a completely read body; it becomes the
+    /// response's ETag unless the service sent its own.
+    fn content_etag(&mut self, head: &mut response::Parts, hasher: ContentHasher) -> EntityTag {
         let etag = hasher.finish();
-        head.headers.insert(ETAG, etag.header_value().clone());
-        self.validators = std::mem::take(&mut self.validators).with_etag(etag);
+        if self.validators.etag().is_none() {
+            head.headers.insert(ETAG, etag.header_value().clone());
+            self.validators = std::mem::take(&mut self.validators).with_etag(etag.clone());
+        }
         self.config
             .store
             .counters
             .hashed
             .fetch_add(1, Ordering::Relaxed);
+        etag
+    }
+
+    /// For a fingerprinted URL: `immutable` caching when `content` (the hash
+    /// of the bytes served) is the one in the URL, `no-cache` otherwise.
+    fn settle_fingerprint(&mut self, headers: &mut HeaderMap, content: Option<&EntityTag>) {
+        let (Some(fingerprint), Some(immutable)) = (&self.fingerprint, &self.config.fingerprints)
+        else {
+            return;
+        };
+        let verified = content.is_some_and(|etag| fingerprint.matches(etag));
+        let fallback;
+        let policy = if verified {
+            immutable
+        } else {
+            tracing::debug!(key = self.key(), "fingerprint does not match the content");
+            fallback = CachePolicy::no_cache().override_existing();
+            &fallback
+        };
+        headers.remove(EXPIRES);
+        build::apply_policy(headers, policy, self.now);
+        self.trust = policy.effective_trust();
+        self.expires_after = None;
+        self.directives = Directives::parse(headers);
     }
 
     /// Evaluate preconditions → learn → serve a range or the whole body.

@@ -7,6 +7,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
+use crate::fingerprint::Fingerprint;
 use crate::future::{Ctx, ResponseFuture};
 use crate::layer::Config;
 use crate::preconditions::{self, Precondition};
@@ -49,6 +50,13 @@ impl<S> MediaCache<S> {
             store: self.config.store.clone(),
         }
     }
+}
+
+/// `uri` with another path and query.
+fn with_path(uri: &http::Uri, path_and_query: &str) -> Option<http::Uri> {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for MediaCache<S>
@@ -122,7 +130,7 @@ where
             }
         }
 
-        let ctx = Ctx::new(
+        let mut ctx = Ctx::new(
             self.config.clone(),
             &request,
             route,
@@ -130,6 +138,18 @@ where
             store_allowed,
             entry,
         );
+
+        // A fingerprinted URL reaches the inner service as its plain path.
+        if config.fingerprints.is_some() {
+            if let Some(fingerprint) =
+                Fingerprint::parse(request.uri().path(), request.uri().query())
+            {
+                if let Some(plain) = with_path(request.uri(), &fingerprint.plain) {
+                    *request.uri_mut() = plain;
+                }
+                ctx.set_fingerprint(fingerprint);
+            }
+        }
 
         // Ask the probe instead of the inner service.
         if store_allowed

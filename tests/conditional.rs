@@ -23,8 +23,14 @@ async fn get_200_gets_a_content_etag_and_the_policy() {
     let answer = send(&service, req(get("/media/a.png"))).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body, IMAGE);
-    assert_eq!(answer.header("etag").unwrap(), content_etag(IMAGE).to_string());
-    assert_eq!(answer.header("cache-control"), Some("public, max-age=259200"));
+    assert_eq!(
+        answer.header("etag").unwrap(),
+        content_etag(IMAGE).to_string()
+    );
+    assert_eq!(
+        answer.header("cache-control"),
+        Some("public, max-age=259200")
+    );
     assert_eq!(answer.header("accept-ranges"), Some("bytes"));
 }
 
@@ -56,7 +62,11 @@ async fn an_unquoted_etag_from_the_service_is_quoted() {
     let service = origin.wrap(&three_days());
     let answer = send(&service, req(get("/a"))).await;
     assert_eq!(answer.header("etag"), Some("\"abc123\""));
-    let again = send(&service, req(get("/a").header("if-none-match", "\"abc123\""))).await;
+    let again = send(
+        &service,
+        req(get("/a").header("if-none-match", "\"abc123\"")),
+    )
+    .await;
     assert_eq!(again.status, 304);
 }
 
@@ -77,7 +87,11 @@ async fn if_none_match_gives_304_with_the_200s_cache_headers_and_no_body() {
     );
     let service = origin.wrap(&layer);
     let tag = content_etag(IMAGE).to_string();
-    let answer = send(&service, req(get("/media/a.png").header("if-none-match", &tag))).await;
+    let answer = send(
+        &service,
+        req(get("/media/a.png").header("if-none-match", &tag)),
+    )
+    .await;
     assert_eq!(answer.status, 304);
     assert!(answer.body.is_empty());
     assert_eq!(answer.header("etag"), Some(tag.as_str()));
@@ -130,7 +144,11 @@ async fn if_unmodified_since_that_fails_gives_412() {
     let origin = Origin::new(Content::ok(IMAGE).header("last-modified", LM));
     let service = origin.wrap(&three_days());
     let before = "Sat, 05 Nov 1994 08:49:37 GMT";
-    let answer = send(&service, req(get("/a").header("if-unmodified-since", before))).await;
+    let answer = send(
+        &service,
+        req(get("/a").header("if-unmodified-since", before)),
+    )
+    .await;
     assert_eq!(answer.status, 412);
 }
 
@@ -143,7 +161,11 @@ async fn errors_and_redirects_are_never_turned_into_304_or_412() {
         assert_eq!(answer.status, status);
         let answer = send(&service, req(get("/a").header("if-match", "\"other\""))).await;
         assert_eq!(answer.status, status);
-        assert_eq!(answer.header("cache-control"), None, "no policy on {status}");
+        assert_eq!(
+            answer.header("cache-control"),
+            None,
+            "no policy on {status}"
+        );
     }
 }
 
@@ -160,7 +182,10 @@ async fn a_206_from_the_service_passes_untouched_with_policy_headers() {
     assert_eq!(answer.body, "ab");
     assert_eq!(answer.header("etag"), None);
     assert_eq!(answer.header("content-range"), Some("bytes 0-1/10"));
-    assert_eq!(answer.header("cache-control"), Some("public, max-age=259200"));
+    assert_eq!(
+        answer.header("cache-control"),
+        Some("public, max-age=259200")
+    );
 }
 
 #[tokio::test]
@@ -179,13 +204,20 @@ async fn head_without_a_known_validator_gets_no_made_up_etag() {
     assert_eq!(answer.status, 200);
     assert!(answer.body.is_empty());
     assert_eq!(answer.header("etag"), None);
-    assert_eq!(answer.header("cache-control"), Some("public, max-age=259200"));
+    assert_eq!(
+        answer.header("cache-control"),
+        Some("public, max-age=259200")
+    );
 }
 
 #[tokio::test]
 async fn no_store_policy_adds_no_etag() {
     let layer = MediaCacheLayer::new(CachePolicy::no_store());
-    let answer = send(&Origin::new(Content::ok(IMAGE)).wrap(&layer), req(get("/a"))).await;
+    let answer = send(
+        &Origin::new(Content::ok(IMAGE)).wrap(&layer),
+        req(get("/a")),
+    )
+    .await;
     assert_eq!(answer.header("cache-control"), Some("no-store"));
     assert_eq!(answer.header("etag"), None);
 }
@@ -205,8 +237,15 @@ async fn expires_is_sent_for_http_1_0_caches_when_asked() {
     let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
     let layer = MediaCacheLayer::new(CachePolicy::max_age(Duration::from_secs(60)).with_expires())
         .clock(move || now);
-    let answer = send(&Origin::new(Content::ok(IMAGE)).wrap(&layer), req(get("/a"))).await;
-    assert_eq!(answer.header("expires"), Some("Sun, 06 Nov 1994 08:50:37 GMT"));
+    let answer = send(
+        &Origin::new(Content::ok(IMAGE)).wrap(&layer),
+        req(get("/a")),
+    )
+    .await;
+    assert_eq!(
+        answer.header("expires"),
+        Some("Sun, 06 Nov 1994 08:50:37 GMT")
+    );
 }
 
 #[tokio::test]
@@ -243,7 +282,9 @@ async fn a_streamed_body_over_the_limit_replays_its_prefix_and_keeps_trailers() 
                 .map(move |_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone())))
                 .chain(std::iter::once(Ok(Frame::trailers(trailers))));
             // A stream has no size hint: the layer must find out by reading.
-            Ok::<_, std::convert::Infallible>(http::Response::new(StreamBody::new(stream::iter(frames))))
+            Ok::<_, std::convert::Infallible>(http::Response::new(StreamBody::new(stream::iter(
+                frames,
+            ))))
         }
     });
     let layer = three_days().max_buffer_bytes(25_000);
@@ -272,11 +313,16 @@ async fn trailers_of_a_hashed_body_are_kept() {
             Ok(Frame::data(Bytes::from_static(b"world"))),
             Ok(Frame::trailers(trailers)),
         ];
-        Ok::<_, std::convert::Infallible>(http::Response::new(StreamBody::new(stream::iter(frames))))
+        Ok::<_, std::convert::Infallible>(http::Response::new(StreamBody::new(stream::iter(
+            frames,
+        ))))
     });
     let service = tower::Layer::layer(&three_days(), service);
     let response = service.oneshot(req(get("/t"))).await.unwrap();
-    assert_eq!(response.headers()["etag"], content_etag(b"hello world").to_string());
+    assert_eq!(
+        response.headers()["etag"],
+        content_etag(b"hello world").to_string()
+    );
     let collected = response.into_body().collect().await.unwrap();
     assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
     assert_eq!(collected.to_bytes(), "hello world");

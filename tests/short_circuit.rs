@@ -23,7 +23,9 @@ struct Clock(Arc<Mutex<SystemTime>>);
 
 impl Clock {
     fn new() -> Self {
-        Self(Arc::new(Mutex::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000))))
+        Self(Arc::new(Mutex::new(
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        )))
     }
     fn advance(&self, by: Duration) {
         *self.0.lock().unwrap() += by;
@@ -65,7 +67,10 @@ async fn trust_max_age_ends_when_a_stored_copy_would_be_stale() {
     assert_eq!(origin.calls(), 1);
     clock.advance(Duration::from_secs(1));
     let answer = send(&service, req(get("/a").header("if-none-match", tag(V1)))).await;
-    assert_eq!(answer.status, 304, "still a 304, made from the inner answer");
+    assert_eq!(
+        answer.status, 304,
+        "still a 304, made from the inner answer"
+    );
     assert_eq!(origin.calls(), 2);
 }
 
@@ -131,11 +136,14 @@ async fn a_probe_answers_instead_of_the_inner_service() {
     let origin = Origin::new(Content::ok(V1));
     let version = Arc::new(Mutex::new("v1"));
     let probe_version = version.clone();
-    let policy = CachePolicy::no_cache().probe(move |request: &http::request::Parts| {
-        let current = *probe_version.lock().unwrap();
-        let known = request.uri.path() == "/a";
-        async move { known.then(|| Validators::new().with_etag(EntityTag::strong(current).unwrap())) }
-    });
+    let policy =
+        CachePolicy::no_cache().probe(move |request: &http::request::Parts| {
+            let current = *probe_version.lock().unwrap();
+            let known = request.uri.path() == "/a";
+            async move {
+                known.then(|| Validators::new().with_etag(EntityTag::strong(current).unwrap()))
+            }
+        });
     let layer = MediaCacheLayer::new(policy);
     let service = origin.wrap(&layer);
     let answer = send(&service, req(get("/a").header("if-none-match", "\"v1\""))).await;
@@ -175,9 +183,13 @@ async fn a_write_based_on_a_stale_copy_gets_412_and_never_executes() {
     let origin = Origin::new(Content::ok(V1));
     let service = origin.wrap(&MediaCacheLayer::new(max_age(60)));
     send(&service, req(get("/a"))).await;
-    let put = Request::put("/a").header("host", "media.example").header("if-match", "\"stale\"");
+    let put = Request::put("/a")
+        .header("host", "media.example")
+        .header("if-match", "\"stale\"");
     assert_eq!(send(&service, req(put)).await.status, 412);
-    let create = Request::put("/a").header("host", "media.example").header("if-none-match", "*");
+    let create = Request::put("/a")
+        .header("host", "media.example")
+        .header("if-none-match", "*");
     assert_eq!(send(&service, req(create)).await.status, 412);
     assert_eq!(origin.calls(), 1, "the write never reached the service");
 }
@@ -190,8 +202,17 @@ async fn a_successful_write_invalidates_the_uri_and_its_location() {
     send(&service, req(get("/a"))).await;
     send(&service, req(get("/b"))).await;
     send(&service, req(get("/c"))).await;
-    origin.set(Content::ok(b"").status(201).header("location", "http://media.example/b").header("content-location", "/c"));
-    send(&service, req(Request::post("/a").header("host", "media.example"))).await;
+    origin.set(
+        Content::ok(b"")
+            .status(201)
+            .header("location", "http://media.example/b")
+            .header("content-location", "/c"),
+    );
+    send(
+        &service,
+        req(Request::post("/a").header("host", "media.example")),
+    )
+    .await;
     origin.set(Content::ok(V2));
     let calls = origin.calls();
     for path in ["/a", "/b", "/c"] {
@@ -207,8 +228,16 @@ async fn a_location_on_another_host_is_not_invalidated() {
     let origin = Origin::new(Content::ok(V1));
     let service = origin.wrap(&MediaCacheLayer::new(max_age(60)));
     send(&service, req(get("/b"))).await;
-    origin.set(Content::ok(b"").status(201).header("location", "http://elsewhere.example/b"));
-    send(&service, req(Request::post("/a").header("host", "media.example"))).await;
+    origin.set(
+        Content::ok(b"")
+            .status(201)
+            .header("location", "http://elsewhere.example/b"),
+    );
+    send(
+        &service,
+        req(Request::post("/a").header("host", "media.example")),
+    )
+    .await;
     let calls = origin.calls();
     let answer = send(&service, req(get("/b").header("if-none-match", tag(V1)))).await;
     assert_eq!((answer.status.as_u16(), origin.calls()), (304, calls));
@@ -220,7 +249,11 @@ async fn a_failed_write_invalidates_nothing() {
     let service = origin.wrap(&MediaCacheLayer::new(max_age(60)));
     send(&service, req(get("/a"))).await;
     origin.set(Content::ok(b"").status(409));
-    send(&service, req(Request::delete("/a").header("host", "media.example"))).await;
+    send(
+        &service,
+        req(Request::delete("/a").header("host", "media.example")),
+    )
+    .await;
     let calls = origin.calls();
     let answer = send(&service, req(get("/a").header("if-none-match", tag(V1)))).await;
     assert_eq!((answer.status.as_u16(), origin.calls()), (304, calls));
@@ -233,14 +266,30 @@ async fn requests_with_credentials_are_not_answered_from_the_store_unless_public
     send(&service, req(get("/a"))).await;
     for (name, value) in [("authorization", "Bearer x"), ("cookie", "session=1")] {
         let calls = origin.calls();
-        send(&service, req(get("/a").header(name, value).header("if-none-match", tag(V1)))).await;
-        assert_eq!(origin.calls(), calls + 1, "{name} reaches the inner service");
+        send(
+            &service,
+            req(get("/a")
+                .header(name, value)
+                .header("if-none-match", tag(V1))),
+        )
+        .await;
+        assert_eq!(
+            origin.calls(),
+            calls + 1,
+            "{name} reaches the inner service"
+        );
     }
 
     let origin = Origin::new(Content::ok(V1));
     let service = origin.wrap(&MediaCacheLayer::new(max_age(60).public()));
     send(&service, req(get("/a"))).await;
-    send(&service, req(get("/a").header("authorization", "Bearer x").header("if-none-match", tag(V1)))).await;
+    send(
+        &service,
+        req(get("/a")
+            .header("authorization", "Bearer x")
+            .header("if-none-match", tag(V1))),
+    )
+    .await;
     assert_eq!(origin.calls(), 1, "a public policy may answer them");
 }
 
@@ -249,21 +298,33 @@ async fn one_hosts_entries_never_answer_another_hosts_requests() {
     let origin = Origin::new(Content::ok(V1));
     let service = origin.wrap(&MediaCacheLayer::new(max_age(60)));
     send(&service, req(get("/a"))).await;
-    let other = Request::get("/a").header("host", "other.example").header("if-none-match", tag(V1));
+    let other = Request::get("/a")
+        .header("host", "other.example")
+        .header("if-none-match", tag(V1));
     send(&service, req(other)).await;
     assert_eq!(origin.calls(), 2);
-    let same = Request::get("/a").header("host", "MEDIA.example").header("if-none-match", tag(V1));
+    let same = Request::get("/a")
+        .header("host", "MEDIA.example")
+        .header("if-none-match", tag(V1));
     send(&service, req(same)).await;
     assert_eq!(origin.calls(), 2, "host names compare case-insensitively");
 }
 
 #[tokio::test]
 async fn refused_requests_are_never_turned_into_304_by_the_store() {
-    let origin = Origin::new(Content::ok(b"login first").status(401).header("etag", "\"secret\""));
+    let origin = Origin::new(
+        Content::ok(b"login first")
+            .status(401)
+            .header("etag", "\"secret\""),
+    );
     let layer = MediaCacheLayer::new(max_age(60));
     let service = origin.wrap(&layer);
     send(&service, req(get("/private"))).await;
-    let answer = send(&service, req(get("/private").header("if-none-match", "\"secret\""))).await;
+    let answer = send(
+        &service,
+        req(get("/private").header("if-none-match", "\"secret\"")),
+    )
+    .await;
     assert_eq!(answer.status, 401);
     assert_eq!(layer.handle().stats().learned, 0);
 }
@@ -282,7 +343,9 @@ async fn a_404_forgets_what_was_learned() {
 
 #[tokio::test]
 async fn vary_separates_variants() {
-    let gzip = Content::ok(b"gzipped").header("vary", "Accept-Encoding").header("content-encoding", "gzip");
+    let gzip = Content::ok(b"gzipped")
+        .header("vary", "Accept-Encoding")
+        .header("content-encoding", "gzip");
     let origin = Origin::new(gzip);
     let layer = MediaCacheLayer::new(max_age(60));
     let service = origin.wrap(&layer);
@@ -291,13 +354,27 @@ async fn vary_separates_variants() {
     send(&service, req(get("/a"))).await;
     assert_eq!(layer.handle().stats().entries, 2);
 
-    let gz = send(&service, req(get("/a").header("accept-encoding", "gzip").header("if-none-match", tag(b"gzipped")))).await;
+    let gz = send(
+        &service,
+        req(get("/a")
+            .header("accept-encoding", "gzip")
+            .header("if-none-match", tag(b"gzipped"))),
+    )
+    .await;
     assert_eq!(gz.status, 304);
-    let plain = send(&service, req(get("/a").header("if-none-match", tag(b"plain")))).await;
+    let plain = send(
+        &service,
+        req(get("/a").header("if-none-match", tag(b"plain"))),
+    )
+    .await;
     assert_eq!(plain.status, 304);
     assert_eq!(origin.calls(), 2);
     // The gzip tag does not answer a request for the identity variant.
-    let crossed = send(&service, req(get("/a").header("if-none-match", tag(b"gzipped")))).await;
+    let crossed = send(
+        &service,
+        req(get("/a").header("if-none-match", tag(b"gzipped"))),
+    )
+    .await;
     assert_eq!(crossed.status, 200);
     assert_eq!(origin.calls(), 3);
 }
@@ -355,10 +432,20 @@ async fn head_uses_the_stored_validators() {
     let origin = Origin::new(Content::ok(V1));
     let service = origin.wrap(&MediaCacheLayer::new(max_age(60)));
     send(&service, req(get("/a"))).await;
-    let head = send(&service, req(Request::head("/a").header("host", "media.example"))).await;
+    let head = send(
+        &service,
+        req(Request::head("/a").header("host", "media.example")),
+    )
+    .await;
     assert_eq!(head.header("etag"), Some(tag(V1).as_str()));
     assert!(head.body.is_empty());
-    let head = send(&service, req(Request::head("/a").header("host", "media.example").header("if-none-match", tag(V1)))).await;
+    let head = send(
+        &service,
+        req(Request::head("/a")
+            .header("host", "media.example")
+            .header("if-none-match", tag(V1))),
+    )
+    .await;
     assert_eq!(head.status, 304);
 }
 
@@ -367,21 +454,41 @@ async fn synthesized_last_modified_never_goes_backwards() {
     let clock = Clock::new();
     let origin = Origin::new(Content::ok(V1));
     let service = origin.wrap(&clock.layer(CachePolicy::no_cache().synthesize_last_modified()));
-    let first = send(&service, req(get("/a"))).await.header("last-modified").unwrap().to_owned();
+    let first = send(&service, req(get("/a")))
+        .await
+        .header("last-modified")
+        .unwrap()
+        .to_owned();
     clock.advance(Duration::from_secs(30));
-    let same = send(&service, req(get("/a"))).await.header("last-modified").unwrap().to_owned();
+    let same = send(&service, req(get("/a")))
+        .await
+        .header("last-modified")
+        .unwrap()
+        .to_owned();
     assert_eq!(first, same, "unchanged content keeps its date");
 
     origin.set(Content::ok(V2));
-    let second = send(&service, req(get("/a"))).await.header("last-modified").unwrap().to_owned();
+    let second = send(&service, req(get("/a")))
+        .await
+        .header("last-modified")
+        .unwrap()
+        .to_owned();
     // Roll back to V1 within the same second: the date still moves forward.
     origin.set(Content::ok(V1));
-    let rolled_back = send(&service, req(get("/a"))).await.header("last-modified").unwrap().to_owned();
+    let rolled_back = send(&service, req(get("/a")))
+        .await
+        .header("last-modified")
+        .unwrap()
+        .to_owned();
     let parse = |s: &str| httpdate::parse_http_date(s).unwrap();
     assert!(parse(&second) > parse(&first));
     assert!(parse(&rolled_back) > parse(&second));
 
-    let answer = send(&service, req(get("/a").header("if-modified-since", &rolled_back))).await;
+    let answer = send(
+        &service,
+        req(get("/a").header("if-modified-since", &rolled_back)),
+    )
+    .await;
     assert_eq!(answer.status, 304);
 }
 
@@ -395,6 +502,7 @@ async fn expires_on_a_stored_304_is_fresh() {
     let answer = send(&service, req(get("/a").header("if-none-match", tag(V1)))).await;
     assert_eq!(answer.status, 304);
     assert_eq!(origin.calls(), 1);
-    let expires = |a: &common::Answer| httpdate::parse_http_date(a.header("expires").unwrap()).unwrap();
+    let expires =
+        |a: &common::Answer| httpdate::parse_http_date(a.header("expires").unwrap()).unwrap();
     assert_eq!(expires(&answer), expires(&first) + Duration::from_secs(30));
 }

@@ -66,7 +66,12 @@ impl Origin {
     }
 
     pub fn last_request(&self) -> http::request::Parts {
-        self.seen.lock().unwrap().last().cloned().expect("a request reached the origin")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request reached the origin")
     }
 
     pub fn wrap(&self, layer: &MediaCacheLayer) -> MediaCache<Origin> {
@@ -79,7 +84,10 @@ impl Service<Request<()>> for Origin {
     type Error = Infallible;
     type Future = std::future::Ready<Result<Self::Response, Infallible>>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -89,7 +97,11 @@ impl Service<Request<()>> for Origin {
         let head_only = parts.method == http::Method::HEAD;
         self.seen.lock().unwrap().push(parts);
         let content = self.content.lock().unwrap().clone();
-        let body = if head_only { Bytes::new() } else { content.body };
+        let body = if head_only {
+            Bytes::new()
+        } else {
+            content.body
+        };
         let mut response = Response::new(Full::new(body));
         *response.status_mut() = content.status;
         *response.headers_mut() = content.headers;

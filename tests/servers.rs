@@ -1,0 +1,599 @@
+//! The layer in front of real servers on 127.0.0.1: the `media_server`
+//! example (axum + tower-http `ServeDir`), the `hyper` example (a bare
+//! `service_fn`), the `tonic` example (gRPC health) and large bodies
+//! streamed by an axum handler. Requests go over TCP through hyper-util's
+//! client (tonic's channel for gRPC), so everything a real fetcher sees —
+//! framing, `Content-Length`, trailers — is what is tested.
+
+#[path = "../examples/media_server.rs"]
+#[allow(dead_code)]
+mod media_server;
+
+#[path = "../examples/hyper.rs"]
+#[allow(dead_code)]
+mod hyper_server;
+
+#[path = "../examples/tonic.rs"]
+#[allow(dead_code)]
+mod tonic_server;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+
+use bytes::Bytes;
+use http::header::{
+    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED,
+};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tower_media_cache::{CachePolicy, DEFAULT_MAX_BUFFER, MediaCacheLayer, content_etag};
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+/// A server task on an ephemeral port of 127.0.0.1. `stop` shuts it down
+/// gracefully and waits for it; dropping it (a failed test) aborts it.
+struct Running {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Binds 127.0.0.1:0 and spawns `serve(listener, shutdown)`.
+    async fn start<F, Fut>(serve: F) -> Self
+    where
+        F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, stopped));
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Serves an axum router.
+    async fn axum(app: Router) -> Self {
+        Self::start(|listener, stopped| async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    stopped.await.ok();
+                })
+                .await
+                .unwrap();
+        })
+        .await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).ok();
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// What came back: status, headers, the whole body.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn header(&self, name: impl http::header::AsHeaderName) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_else(|| panic!("header missing in {:?}", self.headers))
+    }
+}
+
+async fn send(client: &HttpClient, method: Method, url: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let (head, body) = response.into_parts();
+    Answer {
+        status: head.status,
+        headers: head.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Answer {
+    send(client, Method::GET, url, headers).await
+}
+
+fn media_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(media_server::media_dir().join(name)).unwrap()
+}
+
+fn etag_of(bytes: &[u8]) -> String {
+    content_etag(bytes)
+        .header_value()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Deterministic pseudo-random bytes (xorshift64), so no compression or
+/// coincidence can make two different bodies look alike.
+fn pseudo_random(len: usize, seed: u64) -> Bytes {
+    let mut state = seed | 1;
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    Bytes::from(bytes)
+}
+
+// ---------------------------------------------------------------------------
+// axum: the media_server example
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn media_file_on_axum_gets_content_etag_and_public_max_age() {
+    let server = Running::axum(media_server::app()).await;
+    let client = client();
+    let file = media_bytes("gradient.png");
+
+    let answer = get(&client, &server.url("/media/gradient.png"), &[]).await;
+
+    assert_eq!(answer.status, StatusCode::OK);
+    let etag = answer.header(ETAG);
+    assert_eq!(etag.len(), 34, "quoted 32 hex digits: {etag}");
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    assert_eq!(etag, etag_of(&file), "the content ETag, not ServeDir's");
+    assert_eq!(answer.header(CACHE_CONTROL), "public, max-age=259200");
+    assert_eq!(answer.header(CONTENT_TYPE), "image/png");
+    assert_eq!(answer.header(CONTENT_LENGTH), file.len().to_string());
+    assert_eq!(answer.body, file);
+
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn if_none_match_on_axum_gets_304_without_body() {
+    let layer = media_server::cache_layer();
+    let handle = layer.handle();
+    let server = Running::axum(media_server::app_with(layer)).await;
+    let client = client();
+    let url = server.url("/media/tone.wav");
+    let etag = etag_of(&media_bytes("tone.wav"));
+
+    // Before the layer has seen the file: ServeDir serves it, the layer
+    // hashes it and turns the 200 into a 304.
+    let first = get(&client, &url, &[("if-none-match", &etag)]).await;
+    // Now the layer knows the validator and answers alone.
+    let second = get(&client, &url, &[("if-none-match", &etag)]).await;
+
+    for answer in [&first, &second] {
+        assert_eq!(answer.status, StatusCode::NOT_MODIFIED);
+        assert!(answer.body.is_empty());
+        assert_eq!(answer.header(ETAG), etag);
+        assert_eq!(answer.header(CACHE_CONTROL), "public, max-age=259200");
+        assert!(!answer.headers.contains_key(CONTENT_TYPE));
+        assert!(answer.headers.contains_key(LAST_MODIFIED));
+    }
+    let stats = handle.stats();
+    assert_eq!(stats.not_modified_from_inner, 1);
+    assert_eq!(stats.short_circuit_not_modified, 1);
+
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn if_modified_since_with_serve_dir_last_modified_gets_304() {
+    let server = Running::axum(media_server::app()).await;
+    let client = client();
+    let url = server.url("/media/sweep.y4m");
+
+    let full = get(&client, &url, &[]).await;
+    assert_eq!(full.status, StatusCode::OK);
+    let last_modified = full.header(LAST_MODIFIED).to_owned();
+
+    let same = get(&client, &url, &[("if-modified-since", &last_modified)]).await;
+    assert_eq!(same.status, StatusCode::NOT_MODIFIED);
+    assert!(same.body.is_empty());
+    assert_eq!(same.header(ETAG), full.header(ETAG));
+
+    let older = get(
+        &client,
+        &url,
+        &[("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")],
+    )
+    .await;
+    assert_eq!(older.status, StatusCode::OK);
+    assert_eq!(older.body, full.body);
+
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn if_match_on_axum_passes_with_content_etag_and_fails_with_412_otherwise() {
+    let server = Running::axum(media_server::app()).await;
+    let client = client();
+    let url = server.url("/media/gradient.png");
+    let file = media_bytes("gradient.png");
+    let etag = etag_of(&file);
+
+    // ServeDir would compare this with its own (size, mtime) tag and fail
+    // it; the example hides If-Match from it so the layer decides.
+    let matching = get(&client, &url, &[("if-match", &etag)]).await;
+    assert_eq!(matching.status, StatusCode::OK);
+    assert_eq!(matching.body, file);
+
+    let failing = get(&client, &url, &[("if-match", "\"nope\"")]).await;
+    assert_eq!(failing.status, StatusCode::PRECONDITION_FAILED);
+    assert!(failing.body.is_empty());
+    assert_eq!(failing.header(ETAG), etag, "412 tells the current ETag");
+
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn live_routes_on_axum_are_no_cache_and_always_reach_the_service() {
+    let layer = media_server::cache_layer();
+    let handle = layer.handle();
+    let server = Running::axum(media_server::app_with(layer)).await;
+    let client = client();
+
+    let file = get(&client, &server.url("/live/gradient.png"), &[]).await;
+    assert_eq!(file.status, StatusCode::OK);
+    assert_eq!(file.header(CACHE_CONTROL), "no-cache");
+    assert_eq!(file.header(ETAG), etag_of(&media_bytes("gradient.png")));
+
+    let etag = file.header(ETAG).to_owned();
+    let revalidated = get(
+        &client,
+        &server.url("/live/gradient.png"),
+        &[("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(revalidated.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(revalidated.header(CACHE_CONTROL), "no-cache");
+    // no-cache: the layer never trusts what it learned, it asks the service.
+    let stats = handle.stats();
+    assert_eq!(stats.short_circuit_not_modified, 0);
+    assert_eq!(stats.not_modified_from_inner, 1);
+
+    let snapshot = get(&client, &server.url("/live/snapshot.svg"), &[]).await;
+    assert_eq!(snapshot.status, StatusCode::OK);
+    assert_eq!(snapshot.header(CACHE_CONTROL), "no-cache");
+    assert_eq!(snapshot.header(CONTENT_TYPE), "image/svg+xml");
+    assert_eq!(snapshot.header(ETAG), etag_of(&snapshot.body));
+    // The snapshot may roll over between the two requests: then the new
+    // one comes whole, with its own ETag; else it is a 304.
+    let again = get(
+        &client,
+        &server.url("/live/snapshot.svg"),
+        &[("if-none-match", snapshot.header(ETAG))],
+    )
+    .await;
+    match again.status {
+        StatusCode::NOT_MODIFIED => assert_eq!(again.header(ETAG), snapshot.header(ETAG)),
+        StatusCode::OK => {
+            assert_ne!(again.body, snapshot.body);
+            assert_eq!(again.header(ETAG), etag_of(&again.body));
+        }
+        other => panic!("unexpected {other}"),
+    }
+
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn missing_file_on_axum_gets_404_without_etag_even_with_if_none_match_star() {
+    let server = Running::axum(media_server::app()).await;
+    let client = client();
+    let url = server.url("/media/missing.png");
+
+    let plain = get(&client, &url, &[]).await;
+    let starred = get(&client, &url, &[("if-none-match", "*")]).await;
+
+    for answer in [plain, starred] {
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        assert!(!answer.headers.contains_key(ETAG));
+        assert!(!answer.headers.contains_key(CACHE_CONTROL));
+    }
+
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn range_on_axum_media_file_gets_206_from_the_layer() {
+    let server = Running::axum(media_server::app()).await;
+    let client = client();
+    let file = media_bytes("tone.wav");
+
+    let answer = get(
+        &client,
+        &server.url("/media/tone.wav"),
+        &[("range", "bytes=0-11")],
+    )
+    .await;
+
+    assert_eq!(answer.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        answer.header(CONTENT_RANGE),
+        format!("bytes 0-11/{}", file.len())
+    );
+    assert_eq!(answer.body, file[..12]);
+    assert_eq!(&answer.body[..4], b"RIFF");
+    assert_eq!(answer.header(ETAG), etag_of(&file));
+    assert_eq!(answer.header(ACCEPT_RANGES), "bytes");
+
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn index_page_on_axum_links_every_media_file_and_is_no_cache() {
+    let server = Running::axum(media_server::app()).await;
+    let client = client();
+
+    let answer = get(&client, &server.url("/"), &[]).await;
+
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.header(CACHE_CONTROL), "no-cache");
+    assert!(answer.header(CONTENT_TYPE).starts_with("text/html"));
+    let html = std::str::from_utf8(&answer.body).unwrap();
+    let files = media_server::media_files();
+    assert_eq!(files, ["gradient.png", "sweep.y4m", "tone.wav"]);
+    for name in &files {
+        let href = format!("href=\"{}\"", media_server::media_url(name));
+        assert!(html.contains(&href), "{href} in {html}");
+        // And every link works.
+        let linked = get(&client, &server.url(&media_server::media_url(name)), &[]).await;
+        assert_eq!(linked.status, StatusCode::OK, "{name}");
+        assert_eq!(linked.body, media_bytes(name));
+    }
+    assert!(html.contains("href=\"/live/snapshot.svg\""));
+
+    drop(client);
+    server.stop().await;
+}
+
+/// RFC 9110 §9.3.2: a HEAD answer should carry the header fields the GET
+/// answer would. The layer writes the learned validators on a HEAD answer
+/// only when the service sent no validator at all (`Validators::is_empty`
+/// in `Ctx::plan`), so a service that sends `Last-Modified` — ServeDir,
+/// most file servers — gets HEAD answers without the content `ETag` that
+/// the GET answers carry, even while the entry is trusted.
+#[tokio::test]
+#[ignore = "library bug: HEAD gets no ETag when the service sends Last-Modified (plan checks validators.is_empty(), not etag().is_none())"]
+async fn head_after_get_on_axum_carries_the_content_etag() {
+    let server = Running::axum(media_server::app()).await;
+    let client = client();
+    let url = server.url("/media/gradient.png");
+
+    let full = get(&client, &url, &[]).await;
+    assert_eq!(full.status, StatusCode::OK);
+    let head = send(&client, Method::HEAD, &url, &[]).await;
+
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
+    assert_eq!(head.header(LAST_MODIFIED), full.header(LAST_MODIFIED));
+    assert_eq!(head.headers.get(ETAG), full.headers.get(ETAG));
+
+    drop(client);
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// hyper: the hyper example
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn if_none_match_on_plain_hyper_gets_304_after_200() {
+    let server = Running::start(|listener, stopped| async move {
+        hyper_server::serve(listener, async {
+            stopped.await.ok();
+        })
+        .await;
+    })
+    .await;
+    let client = client();
+    let url = server.url("/noise.bin");
+    let noise = hyper_server::noise();
+
+    let full = get(&client, &url, &[]).await;
+    assert_eq!(full.status, StatusCode::OK);
+    assert_eq!(full.body, noise);
+    assert_eq!(full.header(ETAG), etag_of(&noise));
+    assert_eq!(full.header(CACHE_CONTROL), "public, max-age=3600");
+    assert_eq!(full.header(CONTENT_TYPE), "application/octet-stream");
+
+    let revalidated = get(&client, &url, &[("if-none-match", full.header(ETAG))]).await;
+    assert_eq!(revalidated.status, StatusCode::NOT_MODIFIED);
+    assert!(revalidated.body.is_empty());
+    assert_eq!(revalidated.header(ETAG), full.header(ETAG));
+    assert_eq!(revalidated.header(CACHE_CONTROL), "public, max-age=3600");
+    assert!(!revalidated.headers.contains_key(CONTENT_TYPE));
+
+    let missing = get(&client, &server.url("/nothing"), &[("if-none-match", "*")]).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(!missing.headers.contains_key(ETAG));
+
+    drop(client);
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// tonic: the tonic example
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn grpc_health_check_through_the_layer_reports_serving() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let server = Running::start(|listener, stopped| async move {
+        tonic_server::serve(listener, async {
+            stopped.await.ok();
+        })
+        .await
+        .unwrap();
+    })
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url(""))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+
+    // A 200 whose grpc-status trailer went missing is an error in tonic's
+    // client, so a SERVING answer means the trailers came through.
+    let serving = health
+        .check(HealthCheckRequest {
+            service: tonic_server::SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(serving.status, ServingStatus::Serving as i32);
+
+    // An error status (NOT_FOUND for an unknown service) comes through too.
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    drop(health);
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Large bodies streamed by a handler
+// ---------------------------------------------------------------------------
+
+/// An axum app whose `/big` streams `bytes` in 64 KiB chunks (no length
+/// known in advance), behind `layer`.
+fn streaming_app(bytes: Bytes, layer: MediaCacheLayer) -> Router {
+    Router::new()
+        .route(
+            "/big",
+            axum::routing::get(move || {
+                let bytes = bytes.clone();
+                async move {
+                    let chunks: Vec<Result<Bytes, Infallible>> = (0..bytes.len())
+                        .step_by(64 * 1024)
+                        .map(|start| Ok(bytes.slice(start..bytes.len().min(start + 64 * 1024))))
+                        .collect();
+                    Body::from_stream(futures_util::stream::iter(chunks))
+                }
+            }),
+        )
+        .layer(layer)
+}
+
+#[tokio::test]
+async fn five_megabyte_streamed_body_arrives_intact_with_its_content_etag() {
+    let bytes = pseudo_random(5 * 1024 * 1024, 5);
+    let layer = MediaCacheLayer::new(CachePolicy::no_cache());
+    let handle = layer.handle();
+    let server = Running::axum(streaming_app(bytes.clone(), layer)).await;
+    let client = client();
+
+    let answer = get(&client, &server.url("/big"), &[]).await;
+
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body.len(), bytes.len());
+    assert!(answer.body == bytes, "body differs");
+    assert_eq!(answer.header(ETAG), etag_of(&bytes));
+    assert_eq!(answer.header(CACHE_CONTROL), "no-cache");
+    // The layer read it all, so it knows and sends the length.
+    assert_eq!(answer.header(CONTENT_LENGTH), bytes.len().to_string());
+    assert_eq!(handle.stats().hashed, 1);
+
+    // And the whole round trip: the 5 MB are not sent again.
+    let revalidated = get(
+        &client,
+        &server.url("/big"),
+        &[("if-none-match", answer.header(ETAG))],
+    )
+    .await;
+    assert_eq!(revalidated.status, StatusCode::NOT_MODIFIED);
+    assert!(revalidated.body.is_empty());
+
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn twenty_megabyte_streamed_body_arrives_intact_without_an_etag() {
+    let bytes = pseudo_random(20 * 1024 * 1024, 20);
+    assert_eq!(DEFAULT_MAX_BUFFER, 16 * 1024 * 1024);
+    let layer = MediaCacheLayer::new(CachePolicy::no_cache()).max_buffer_bytes(16 * 1024 * 1024);
+    let handle = layer.handle();
+    let server = Running::axum(streaming_app(bytes.clone(), layer)).await;
+    let client = client();
+
+    let answer = get(&client, &server.url("/big"), &[]).await;
+
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body.len(), bytes.len());
+    assert!(answer.body == bytes, "body differs");
+    assert!(!answer.headers.contains_key(ETAG), "{:?}", answer.headers);
+    assert_eq!(answer.header(CACHE_CONTROL), "no-cache");
+    let stats = handle.stats();
+    assert_eq!(stats.hashed, 0);
+    assert_eq!(stats.streamed_unhashed, 1);
+    assert_eq!(stats.buffer_budget_exhausted, 0);
+
+    drop(client);
+    server.stop().await;
+}

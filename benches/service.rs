@@ -1,0 +1,151 @@
+//! Whole-request costs through the public service, with a trivial inner
+//! service that answers at once (so what is measured is the layer).
+//!
+//! `cargo bench --bench service`
+//!
+//! * `short_circuit_304/N`: the store holds N learned paths; each iteration
+//!   is a conditional GET (`If-None-Match` = the learned ETag) on a random
+//!   one of them, answered 304 from the store without the inner service.
+//! * `policy_selection/R`: an unconditional GET whose path matches one of R
+//!   route rules (`/r{i}/{*rest}`; R = 0 means the default policy only),
+//!   through the inner service, buffered, hashed and learned.
+//! * `inner_only`: the same GET straight to the inner service, no layer.
+//!
+//! Requests are built outside the timed section; futures are polled once
+//! with `now_or_never` (every one of them is ready at once), so no runtime
+//! is in the measurement.
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use divan::Bencher;
+use futures_util::FutureExt;
+use http::header::IF_NONE_MATCH;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tower::{Layer, Service, service_fn};
+use tower_media_cache::{CachePolicy, MediaCacheLayer, content_etag};
+
+fn main() {
+    divan::main();
+}
+
+static INNER_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// The inner service: 200 with the request path as body, so every path has
+/// its own content ETag.
+fn inner(request: Request<()>) -> Ready<Result<Response<Full<Bytes>>, Infallible>> {
+    INNER_CALLS.fetch_add(1, Ordering::Relaxed);
+    let body = Bytes::copy_from_slice(request.uri().path().as_bytes());
+    ready(Ok(Response::new(Full::new(body))))
+}
+
+fn policy() -> CachePolicy {
+    CachePolicy::max_age(Duration::from_secs(3600))
+}
+
+/// xorshift64*: enough to spread lookups over the store.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as usize % n
+    }
+}
+
+fn call<S>(service: &mut S, request: Request<()>) -> S::Response
+where
+    S: Service<Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    service
+        .call(request)
+        .now_or_never()
+        .expect("every future here is ready at once")
+        .unwrap()
+}
+
+fn media_path(i: usize) -> String {
+    format!("/media/{i:08}.jpg")
+}
+
+#[divan::bench(args = [1_000, 100_000, 1_000_000], sample_count = 100, max_time = 3)]
+fn short_circuit_304(bencher: Bencher, entries: usize) {
+    // Room to spare: quick_cache splits its capacity over shards, and a
+    // shard that fills up evicts even when the whole store has room.
+    let layer = MediaCacheLayer::new(policy()).store_capacity(entries * 2);
+    let handle = layer.handle();
+    let mut service = layer.layer(service_fn(inner));
+    for i in 0..entries {
+        let response = call(&mut service, Request::get(media_path(i)).body(()).unwrap());
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let stats = handle.stats();
+    assert_eq!(stats.entries, entries as u64, "{stats:?}");
+    assert_eq!(stats.evicted, 0, "{stats:?}");
+
+    let conditional = |i: usize| {
+        let path = media_path(i);
+        let etag = content_etag(path.as_bytes());
+        Request::get(path)
+            .header(IF_NONE_MATCH, etag.header_value().clone())
+            .body(())
+            .unwrap()
+    };
+    // The measured request really is answered from the store.
+    let before = INNER_CALLS.load(Ordering::Relaxed);
+    let response = call(&mut service, conditional(entries / 2));
+    assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(INNER_CALLS.load(Ordering::Relaxed), before);
+    assert_eq!(handle.stats().short_circuit_not_modified, 1);
+
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    bencher
+        .with_inputs(|| conditional(rng.below(entries)))
+        .bench_local_values(|request| call(&mut service, request));
+    assert_eq!(INNER_CALLS.load(Ordering::Relaxed), before);
+}
+
+/// Paths spread over the rules: `/r{j % R}/media/{j}.jpg`.
+const PATHS: usize = 1000;
+
+#[divan::bench(args = [0, 1, 100, 1000], sample_count = 100, max_time = 2)]
+fn policy_selection(bencher: Bencher, rules: usize) {
+    let mut layer = MediaCacheLayer::new(CachePolicy::no_cache());
+    for i in 0..rules {
+        layer = layer.route(&format!("/r{i}/{{*rest}}"), policy().public());
+    }
+    let mut service = layer.layer(service_fn(inner));
+    let paths: Vec<String> = (0..PATHS)
+        .map(|j| format!("/r{}/media/{j}.jpg", j % rules.max(1)))
+        .collect();
+    let expected = if rules == 0 {
+        "no-cache"
+    } else {
+        "public, max-age=3600"
+    };
+    let response = call(&mut service, Request::get(&paths[0]).body(()).unwrap());
+    assert_eq!(response.headers()[http::header::CACHE_CONTROL], expected);
+
+    let mut rng = Rng(0x0fed_cba9_8765_4321);
+    bencher
+        .with_inputs(|| Request::get(&paths[rng.below(PATHS)]).body(()).unwrap())
+        .bench_local_values(|request| call(&mut service, request));
+}
+
+/// The same unconditional GET, without the layer.
+#[divan::bench(sample_count = 100, max_time = 2)]
+fn inner_only(bencher: Bencher) {
+    let mut service = service_fn(inner);
+    let paths: Vec<String> = (0..PATHS).map(|j| format!("/r0/media/{j}.jpg")).collect();
+    let mut rng = Rng(0x0fed_cba9_8765_4321);
+    bencher
+        .with_inputs(|| Request::get(&paths[rng.below(PATHS)]).body(()).unwrap())
+        .bench_local_values(|request| call(&mut service, request));
+}

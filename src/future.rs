@@ -715,11 +715,11 @@ impl Ctx {
         mut head: response::Parts,
         mut buffered: Buffered<B>,
     ) -> Response<ResponseBody<B>> {
-        let Some(value) = preconditions::single(&self.request_headers, &RANGE) else {
+        let Some(value) = crate::headers::single_line(self.request_headers.get_all(RANGE)) else {
             return Response::from_parts(head, ResponseBody::chunks(buffered));
         };
         let len = buffered.len;
-        match range::evaluate(&value, len) {
+        match range::evaluate(value, len) {
             RangeAnswer::Full => Response::from_parts(head, ResponseBody::chunks(buffered)),
             RangeAnswer::Unsatisfiable => {
                 head.status = StatusCode::RANGE_NOT_SATISFIABLE;

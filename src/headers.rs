@@ -366,9 +366,15 @@ pub(crate) fn parse_http_date(value: &HeaderValue) -> Option<HttpDate> {
 /// `If-Unmodified-Since`): several field lines make the field invalid, and
 /// an invalid field is ignored (RFC 9110 §13.1.3, §13.1.4).
 pub(crate) fn single_date(values: GetAll<'_, HeaderValue>) -> Option<HttpDate> {
-    let mut iter = values.iter();
+    single_line(values).and_then(parse_http_date)
+}
+
+/// The value of a field that must appear on exactly one line; `None` when
+/// it is absent or repeated.
+pub(crate) fn single_line(values: GetAll<'_, HeaderValue>) -> Option<&HeaderValue> {
+    let mut iter = values.into_iter();
     match (iter.next(), iter.next()) {
-        (Some(only), None) => parse_http_date(only),
+        (Some(only), None) => Some(only),
         _ => None,
     }
 }

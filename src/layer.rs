@@ -150,6 +150,23 @@ impl MediaCacheLayer {
         self
     }
 
+    /// Shares invalidations with the other replicas of the service over
+    /// `bus` (for example `RedisBus`, with the `redis` feature): see
+    /// [`bus`](crate::bus) for the guarantee. Until the bus connects,
+    /// and whenever it is disconnected, the store answers nothing by itself.
+    ///
+    /// The bus attaches to the layer's current store: call this after
+    /// [`store_capacity`](Self::store_capacity), which makes a new one.
+    ///
+    /// # Panics
+    ///
+    /// When the store already has a bus (this was called before, on this
+    /// layer or a clone of it).
+    pub fn invalidation_bus<B: crate::bus::InvalidationBus>(self, bus: B) -> Self {
+        self.config.store.attach_bus(Arc::new(bus));
+        self
+    }
+
     /// A handle on the validator store: invalidation and counters.
     pub fn handle(&self) -> CacheHandle {
         CacheHandle {

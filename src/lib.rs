@@ -50,6 +50,7 @@
 )]
 
 mod body;
+pub mod bus;
 mod future;
 mod headers;
 mod layer;
@@ -63,6 +64,9 @@ mod store;
 mod validators;
 
 pub use body::ResponseBody;
+#[cfg(feature = "redis")]
+pub use bus::redis::RedisBus;
+pub use bus::{BusLink, Invalidation, InvalidationBus, NoopBus};
 pub use future::ResponseFuture;
 pub use headers::{EntityTag, InvalidEntityTag};
 pub use layer::{

@@ -22,7 +22,7 @@ use std::time::SystemTime;
 use http::header::{
     IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
 };
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, Method};
 
 use crate::headers::{self, HttpDate, TagList};
 use crate::validators::Validators;
@@ -121,11 +121,11 @@ pub fn if_unmodified_since(field: &HeaderMap, current: &Validators) -> bool {
 /// Anything else, including a field that parses as neither, is false, and
 /// the whole representation is sent.
 pub fn if_range(field: &HeaderMap, current: &Validators, now: SystemTime) -> bool {
-    let mut lines = field.get_all(IF_RANGE).iter();
-    let value = match (lines.next(), lines.next()) {
-        (None, _) => return true,
-        (Some(value), None) => value,
-        _ => return false,
+    if !field.contains_key(IF_RANGE) {
+        return true;
+    }
+    let Some(value) = headers::single_line(field.get_all(IF_RANGE)) else {
+        return false;
     };
     let trimmed = headers::trim_ows(value.as_bytes());
     if trimmed.starts_with(b"\"") || trimmed.starts_with(b"W/") {
@@ -191,19 +191,11 @@ pub(crate) fn range_allowed(field: &HeaderMap, current: &Validators, now: System
     field.contains_key(RANGE) && if_range(field, current, now)
 }
 
-/// `HeaderValue` of a single-line field, for callers that need the raw value.
-pub(crate) fn single(field: &HeaderMap, name: &http::HeaderName) -> Option<HeaderValue> {
-    let mut lines = field.get_all(name).iter();
-    match (lines.next(), lines.next()) {
-        (Some(value), None) => Some(value.clone()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::EntityTag;
+    use http::HeaderValue;
     use std::time::{Duration, UNIX_EPOCH};
 
     const LM: u64 = 1_700_000_000;

@@ -89,7 +89,10 @@ where
         // Classify.
         let credentials = headers.contains_key(AUTHORIZATION) || headers.contains_key(COOKIE);
         let store_allowed = !credentials || policy.is_public();
-        let conditional = preconditions::has_preconditions(headers);
+        // RFC 9110 §13.2.1: preconditions are ignored for CONNECT, OPTIONS
+        // and TRACE.
+        let conditional = !matches!(method, Method::CONNECT | Method::OPTIONS | Method::TRACE)
+            && preconditions::has_preconditions(headers);
         let ranged =
             method == Method::GET && headers.contains_key(RANGE) && headers.contains_key(IF_RANGE);
         let key = store::key_of(request.uri());

@@ -7,12 +7,13 @@
 //! [`quick_cache`] sharded concurrent cache with eviction, so a lookup costs
 //! one hash-map probe whatever the number of entries.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, Uri};
 
+use crate::bus::{BusLink, Invalidation, InvalidationBus};
 use crate::headers::HttpDate;
 use crate::validators::Validators;
 
@@ -115,6 +116,11 @@ pub(crate) struct Store {
     /// never be learned after the write's invalidation.
     epoch: AtomicU64,
     pub(crate) counters: Arc<Counters>,
+    /// Whether the invalidation bus is connected; always `true` without a
+    /// bus. While `false`, no entry is trusted (see [`Found::is_trusted`]).
+    bus_connected: Arc<AtomicBool>,
+    /// The invalidation bus, once [`Store::attach_bus`] ran.
+    bus: OnceLock<(Arc<dyn InvalidationBus>, BusLink)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -127,13 +133,52 @@ impl std::fmt::Debug for Store {
 }
 
 /// A found variant.
-#[derive(Debug, Clone)]
-pub(crate) struct Found(Arc<Entry>);
+#[derive(Debug)]
+pub(crate) struct Found {
+    entry: Arc<Entry>,
+    /// With an invalidation bus: its connected flag, read when trust is
+    /// decided, and the counters to count the fallbacks in.
+    bus: Option<(Arc<AtomicBool>, Arc<Counters>)>,
+    /// Whether this lookup was already counted as a bus fallback.
+    fallback_counted: AtomicBool,
+}
+
+impl Clone for Found {
+    fn clone(&self) -> Self {
+        Self {
+            entry: self.entry.clone(),
+            bus: self.bus.clone(),
+            fallback_counted: AtomicBool::new(self.fallback_counted.load(Ordering::Relaxed)),
+        }
+    }
+}
 
 impl std::ops::Deref for Found {
     type Target = Entry;
     fn deref(&self) -> &Entry {
-        &self.0
+        &self.entry
+    }
+}
+
+impl Found {
+    /// Whether the entry may answer without the inner service now: its own
+    /// trust ([`Entry::is_trusted`], which this shadows for callers holding a
+    /// `Found`), and an invalidation bus, if any, that is connected. A
+    /// disconnected bus may have lost invalidations, so nothing is trusted;
+    /// the first refusal of an otherwise trusted entry is counted.
+    pub(crate) fn is_trusted(&self, now: SystemTime) -> bool {
+        let trusted = self.entry.is_trusted(now);
+        match &self.bus {
+            Some((connected, counters)) if trusted && !connected.load(Ordering::SeqCst) => {
+                if !self.fallback_counted.swap(true, Ordering::Relaxed) {
+                    counters
+                        .bus_disconnected_fallbacks
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                false
+            }
+            _ => trusted,
+        }
     }
 }
 
@@ -153,6 +198,71 @@ impl Store {
             map,
             epoch: AtomicU64::new(0),
             counters,
+            bus_connected: Arc::new(AtomicBool::new(true)),
+            bus: OnceLock::new(),
+        }
+    }
+
+    /// Attaches an invalidation bus: from now on the store is disconnected
+    /// (trusts nothing) until the bus reports it connected, and publishes
+    /// its own invalidations on it.
+    ///
+    /// # Panics
+    ///
+    /// When the store already has a bus.
+    pub(crate) fn attach_bus(self: &Arc<Self>, bus: Arc<dyn InvalidationBus>) {
+        let link = BusLink::new(Arc::downgrade(self));
+        self.bus_connected.store(false, Ordering::SeqCst);
+        if self.bus.set((bus.clone(), link.clone())).is_err() {
+            panic!("this validator store already has an invalidation bus");
+        }
+        tracing::info!(
+            replica = link.replica_id(),
+            ?bus,
+            "invalidation bus attached: not answering from the validator store until it connects"
+        );
+        bus.attach(link);
+    }
+
+    /// Whether the invalidation bus is connected (always, without one).
+    pub(crate) fn bus_connected(&self) -> bool {
+        self.bus_connected.load(Ordering::SeqCst)
+    }
+
+    /// Records the bus's state; returns whether it changed. On a change to
+    /// connected, the store is cleared first: it may have missed
+    /// invalidations while disconnected.
+    pub(crate) fn set_bus_connected(&self, connected: bool) -> bool {
+        if connected {
+            if self.bus_connected() {
+                return false;
+            }
+            // Clear before trusting again. `clear_here` bumps the epoch, so
+            // a learn that started while disconnected is discarded too.
+            self.clear_here();
+            self.bus_connected.store(true, Ordering::SeqCst);
+            true
+        } else {
+            self.bus_connected.swap(false, Ordering::SeqCst)
+        }
+    }
+
+    /// Applies an invalidation received from another replica, without
+    /// publishing it.
+    pub(crate) fn apply_remote(&self, invalidation: &Invalidation) {
+        self.counters.bus_received.fetch_add(1, Ordering::Relaxed);
+        match invalidation {
+            Invalidation::Key(key) => {
+                self.invalidate_here(key);
+            }
+            Invalidation::Prefix(prefix) => self.invalidate_prefix_here(prefix),
+            Invalidation::Clear => self.clear_here(),
+        }
+    }
+
+    fn publish(&self, invalidation: Invalidation) {
+        if let Some((bus, link)) = self.bus.get() {
+            bus.publish(link, &invalidation);
         }
     }
 
@@ -168,7 +278,14 @@ impl Store {
             .variants
             .iter()
             .find(|variant| variant.selected_by(host, request))
-            .map(|variant| Found(variant.entry.clone()))
+            .map(|variant| Found {
+                entry: variant.entry.clone(),
+                bus: self
+                    .bus
+                    .get()
+                    .map(|_| (self.bus_connected.clone(), self.counters.clone())),
+                fallback_counted: AtomicBool::new(false),
+            })
     }
 
     /// Stores what was learned from a `200`, replacing the variant the
@@ -230,8 +347,15 @@ impl Store {
         tracing::debug!(key, host, "validator learned");
     }
 
-    /// Removes every variant of a path and query, for every host.
+    /// Removes every variant of a path and query, for every host, and
+    /// publishes that on the invalidation bus.
     pub(crate) fn invalidate(&self, key: &str) -> bool {
+        let removed = self.invalidate_here(key);
+        self.publish(Invalidation::Key(key.into()));
+        removed
+    }
+
+    fn invalidate_here(&self, key: &str) -> bool {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let removed = self.map.remove(key);
         if let Some((_, resource)) = &removed {
@@ -250,8 +374,14 @@ impl Store {
         }
     }
 
-    /// Removes every entry whose path starts with `prefix`.
+    /// Removes every entry whose path starts with `prefix`, and publishes
+    /// that on the invalidation bus.
     pub(crate) fn invalidate_prefix(&self, prefix: &str) {
+        self.invalidate_prefix_here(prefix);
+        self.publish(Invalidation::Prefix(prefix.into()));
+    }
+
+    fn invalidate_prefix_here(&self, prefix: &str) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let removed = AtomicU64::new(0);
         self.map.retain(|key, resource| {
@@ -268,8 +398,13 @@ impl Store {
         tracing::debug!(prefix, removed, "invalidated by prefix");
     }
 
-    /// Removes everything.
+    /// Removes everything, and publishes that on the invalidation bus.
     pub(crate) fn clear(&self) {
+        self.clear_here();
+        self.publish(Invalidation::Clear);
+    }
+
+    fn clear_here(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let count: usize = self.map.iter().map(|(_, r)| r.variants.len()).sum();
         self.map.clear();
@@ -340,6 +475,8 @@ pub(crate) struct Counters {
     pub(crate) hashed: AtomicU64,
     pub(crate) streamed_unhashed: AtomicU64,
     pub(crate) buffer_budget_exhausted: AtomicU64,
+    pub(crate) bus_disconnected_fallbacks: AtomicU64,
+    pub(crate) bus_received: AtomicU64,
 }
 
 /// A snapshot of the layer's counters, from [`CacheHandle::stats`].
@@ -369,6 +506,12 @@ pub struct Stats {
     pub streamed_unhashed: u64,
     /// Of those, the ones that streamed because the global budget was used up.
     pub buffer_budget_exhausted: u64,
+    /// Requests that a trusted entry would have answered but that went to
+    /// the inner service because the invalidation bus was disconnected.
+    pub bus_disconnected_fallbacks: u64,
+    /// Invalidations received from other replicas over the invalidation bus
+    /// and applied.
+    pub bus_received: u64,
     /// Variants in the store now.
     pub entries: u64,
 }
@@ -394,6 +537,9 @@ impl CacheHandle {
     /// Forgets a URL (path and query; scheme and authority, if given, are
     /// ignored, so every host's entries go), all of its `Vary` variants.
     /// Returns whether anything was stored.
+    ///
+    /// With an [invalidation bus](crate::bus), the other replicas are told
+    /// too, before this returns (queued on the bus).
     pub fn invalidate(&self, uri: &str) -> bool {
         match uri.parse::<Uri>() {
             Ok(parsed) => self.store.invalidate(key_of(&parsed)),
@@ -412,6 +558,13 @@ impl CacheHandle {
         self.store.clear();
     }
 
+    /// Whether the store may answer from its entries as far as the
+    /// [invalidation bus](crate::bus) is concerned: `true` without a bus,
+    /// otherwise whether the bus is connected.
+    pub fn bus_connected(&self) -> bool {
+        self.store.bus_connected()
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let c = &self.store.counters;
@@ -428,6 +581,8 @@ impl CacheHandle {
             hashed: get(&c.hashed),
             streamed_unhashed: get(&c.streamed_unhashed),
             buffer_budget_exhausted: get(&c.buffer_budget_exhausted),
+            bus_disconnected_fallbacks: get(&c.bus_disconnected_fallbacks),
+            bus_received: get(&c.bus_received),
             entries: self.store.len() as u64,
         }
     }

@@ -84,8 +84,9 @@ impl Validators {
     /// does not parse, or appears more than once, counts as absent.
     pub fn from_headers(headers: &HeaderMap) -> Self {
         Self {
-            etag: single(headers, &ETAG).and_then(|v| EntityTag::from_header(v).ok()),
-            last_modified: single(headers, &LAST_MODIFIED).and_then(headers::parse_http_date),
+            etag: headers::single_line(headers.get_all(ETAG))
+                .and_then(|v| EntityTag::from_header(v).ok()),
+            last_modified: headers::single_date(headers.get_all(LAST_MODIFIED)),
         }
     }
 
@@ -97,14 +98,6 @@ impl Validators {
         if let Some(date) = self.last_modified {
             headers.insert(LAST_MODIFIED, date.header_value());
         }
-    }
-}
-
-fn single<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a HeaderValue> {
-    let mut lines = headers.get_all(name).iter();
-    match (lines.next(), lines.next()) {
-        (Some(value), None) => Some(value),
-        _ => None,
     }
 }
 

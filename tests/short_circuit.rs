@@ -506,3 +506,16 @@ async fn expires_on_a_stored_304_is_fresh() {
         |a: &common::Answer| httpdate::parse_http_date(a.header("expires").unwrap()).unwrap();
     assert_eq!(expires(&answer), expires(&first) + Duration::from_secs(30));
 }
+
+#[tokio::test]
+async fn preconditions_on_options_are_ignored() {
+    let origin = Origin::new(Content::ok(V1));
+    let service = origin.wrap(&MediaCacheLayer::new(max_age(60)));
+    send(&service, req(get("/a"))).await;
+    let options = Request::options("/a")
+        .header("host", "media.example")
+        .header("if-match", "\"stale\"");
+    let answer = send(&service, req(options)).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(origin.calls(), 2);
+}

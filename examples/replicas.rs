@@ -1,0 +1,2 @@
+//! Two replicas sharing a Redis invalidation bus (work in progress).
+fn main() {}

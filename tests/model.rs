@@ -35,7 +35,10 @@ const LM: u64 = 1_700_000_000;
 /// One member of an entity-tag list as the model sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Member {
-    Tag { weak: bool, opaque: &'static str },
+    Tag {
+        weak: bool,
+        opaque: &'static str,
+    },
     /// Not an entity tag: matches nothing.
     Garbage,
 }
@@ -341,7 +344,9 @@ fn tag_field(indices: &[usize]) -> Option<TagField> {
 /// §8.8.3.2 strong comparison: both strong, same opaque-tag.
 fn strong_match(member: Member, current: Option<(bool, &str)>) -> bool {
     match (member, current) {
-        (Member::Tag { weak, opaque }, Some((cur_weak, cur))) => !weak && !cur_weak && opaque == cur,
+        (Member::Tag { weak, opaque }, Some((cur_weak, cur))) => {
+            !weak && !cur_weak && opaque == cur
+        }
         _ => false,
     }
 }
@@ -466,21 +471,56 @@ fn the_model_follows_the_rfc_examples() {
         model(&c)
     };
     let tag = |text: &str| TAG_LINES.iter().position(|l| l.text == text).unwrap();
-    let date = |secs: u64| DATE_LINES.iter().position(|l| l.secs == Some(secs)).unwrap();
+    let date = |secs: u64| {
+        DATE_LINES
+            .iter()
+            .position(|l| l.secs == Some(secs))
+            .unwrap()
+    };
     assert_eq!(with(&|_| {}), Precondition::Proceed);
-    assert_eq!(with(&|c| c.if_none_match = vec![tag("W/\"a\"")]), Precondition::NotModified);
-    assert_eq!(with(&|c| c.if_match = vec![tag("W/\"a\"")]), Precondition::Failed);
-    assert_eq!(with(&|c| c.if_match = vec![tag("*")]), Precondition::Proceed);
-    assert_eq!(with(&|c| { c.if_none_match = vec![tag("*")]; c.method = 2 }), Precondition::Failed);
-    assert_eq!(with(&|c| c.if_modified_since = vec![date(LM)]), Precondition::NotModified);
-    assert_eq!(with(&|c| c.if_modified_since = vec![date(LM - 1)]), Precondition::Proceed);
-    assert_eq!(with(&|c| c.if_unmodified_since = vec![date(LM - 1)]), Precondition::Failed);
     assert_eq!(
-        with(&|c| { c.if_none_match = vec![tag("\"b\"")]; c.if_modified_since = vec![date(LM)] }),
+        with(&|c| c.if_none_match = vec![tag("W/\"a\"")]),
+        Precondition::NotModified
+    );
+    assert_eq!(
+        with(&|c| c.if_match = vec![tag("W/\"a\"")]),
+        Precondition::Failed
+    );
+    assert_eq!(
+        with(&|c| c.if_match = vec![tag("*")]),
         Precondition::Proceed
     );
     assert_eq!(
-        with(&|c| { c.if_match = vec![tag("\"a\"")]; c.if_unmodified_since = vec![date(LM - 1)] }),
+        with(&|c| {
+            c.if_none_match = vec![tag("*")];
+            c.method = 2
+        }),
+        Precondition::Failed
+    );
+    assert_eq!(
+        with(&|c| c.if_modified_since = vec![date(LM)]),
+        Precondition::NotModified
+    );
+    assert_eq!(
+        with(&|c| c.if_modified_since = vec![date(LM - 1)]),
+        Precondition::Proceed
+    );
+    assert_eq!(
+        with(&|c| c.if_unmodified_since = vec![date(LM - 1)]),
+        Precondition::Failed
+    );
+    assert_eq!(
+        with(&|c| {
+            c.if_none_match = vec![tag("\"b\"")];
+            c.if_modified_since = vec![date(LM)]
+        }),
+        Precondition::Proceed
+    );
+    assert_eq!(
+        with(&|c| {
+            c.if_match = vec![tag("\"a\"")];
+            c.if_unmodified_since = vec![date(LM - 1)]
+        }),
         Precondition::Proceed
     );
 }

@@ -217,7 +217,7 @@ impl Store {
             panic!("this validator store already has an invalidation bus");
         }
         tracing::info!(
-            replica = link.replica_id(),
+            replica = %format_args!("{:016x}", link.replica_id()),
             ?bus,
             "invalidation bus attached: not answering from the validator store until it connects"
         );

@@ -200,7 +200,7 @@ impl BusLink {
         };
         if store.set_bus_connected(true) {
             tracing::info!(
-                replica = self.replica_id,
+                replica = %format_args!("{:016x}", self.replica_id),
                 "invalidation bus connected: validator store cleared, answering from it again"
             );
         }
@@ -216,7 +216,7 @@ impl BusLink {
         };
         if store.set_bus_connected(false) {
             tracing::warn!(
-                replica = self.replica_id,
+                replica = %format_args!("{:016x}", self.replica_id),
                 %reason,
                 "invalidation bus disconnected: every request goes to the inner service until it reconnects"
             );
@@ -465,7 +465,12 @@ mod tests {
             let text = encode(0xfeed, &invalidation);
             assert_eq!(decode(text.as_bytes()), (Some(0xfeed), invalidation));
         }
-        for junk in [&b"tmc2 0 clear"[..], b"tmc1 zz key /a", b"tmc1 1 key", b"\xff"] {
+        for junk in [
+            &b"tmc2 0 clear"[..],
+            b"tmc1 zz key /a",
+            b"tmc1 1 key",
+            b"\xff",
+        ] {
             assert_eq!(decode(junk), (None, Invalidation::Clear));
         }
     }

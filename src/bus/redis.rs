@@ -211,7 +211,8 @@ impl RedisBusBuilder {
     /// When the URL is invalid, or when called outside a Tokio runtime.
     pub fn start(self) -> Result<RedisBus, RedisBusError> {
         let client = redis::Client::open(self.url.as_str()).map_err(RedisBusError::Url)?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| RedisBusError::NoRuntime)?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| RedisBusError::NoRuntime)?;
         let shared = Arc::new(Shared {
             channel: self.channel.clone(),
             connected: AtomicBool::new(false),
@@ -237,7 +238,9 @@ impl fmt::Display for RedisBusError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RedisBusError::Url(e) => write!(f, "invalid Redis URL: {e}"),
-            RedisBusError::NoRuntime => f.write_str("a Redis bus must start within a Tokio runtime"),
+            RedisBusError::NoRuntime => {
+                f.write_str("a Redis bus must start within a Tokio runtime")
+            }
         }
     }
 }
@@ -262,7 +265,9 @@ struct Shared {
 
 impl Shared {
     fn links(&self) -> MutexGuard<'_, Vec<BusLink>> {
-        self.links.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.links
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn set_connected(&self) {

@@ -84,9 +84,11 @@ pub fn app_with(layer: MediaCacheLayer) -> Router {
 /// already set. So the adapter
 ///
 /// * hides the conditional and `Range` headers from `ServeDir` — the layer
-///   has already read them and answers them itself, from the content
-///   (ranges are served from the buffered body, up to
-///   `max_buffer_bytes`);
+///   has already read them and answers them itself, from the content.
+///   (`Range` goes too, because `If-Range` must be judged against the same
+///   validators. The layer serves ranges from the body it buffered, so a
+///   file larger than `max_buffer_bytes`, 16 MiB by default, is answered
+///   whole, without an `ETag`.)
 /// * removes `ServeDir`'s `ETag`, so the layer puts the content `ETag`
 ///   (XXH3-128 of the bytes, the same on every replica) in its place.
 ///

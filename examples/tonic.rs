@@ -8,12 +8,16 @@
 //! precondition, buffers nothing, and streams the response body through
 //! with its trailers (`grpc-status`, `grpc-message`) untouched. The layer
 //! fits `Server::builder().layer(...)` directly: no adapter is needed.
-//! (Its only effect on a `2xx` answer to a `POST` is to invalidate what it
-//! had learned for that URI, as RFC 9111 §4.4 asks of caches.)
 //!
-//! A server mixing gRPC with plain HTTP downloads (say through
-//! `tonic::service::Routes::into_axum_router`) gets the caching on the
-//! `GET`s with the same layer.
+//! Its one effect on a `2xx` answer to a `POST` is to invalidate what it
+//! had learned for that URI, as RFC 9111 §4.4 asks of caches — for gRPC,
+//! on every call. On a server that mixes gRPC with cacheable `GET`s (say
+//! through `tonic::service::Routes::into_axum_router`), keep the gRPC
+//! services out of the layer's way with `.exclude`:
+//!
+//! ```ignore
+//! MediaCacheLayer::new(policy).exclude("/grpc.health.v1.Health/{*method}")
+//! ```
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -410,12 +410,18 @@ impl Ctx {
             head.headers.insert(ETAG, repaired);
         }
         self.validators = Validators::from_headers(&head.headers);
+        // A HEAD has no body to hash: the validators GET taught the store
+        // fill in what the service did not send, so HEAD agrees with GET.
         if self.method == Method::HEAD
-            && self.validators.is_empty()
+            && self.validators.etag().is_none()
             && let Some(entry) = self.entry.as_ref().filter(|e| e.is_trusted(self.now))
         {
-            entry.validators.write_to(&mut head.headers);
-            self.validators = entry.validators.clone();
+            let mut known = entry.validators.clone();
+            if let Some(date) = self.validators.last_modified_date() {
+                known.set_last_modified_date(date);
+            }
+            known.write_to(&mut head.headers);
+            self.validators = known;
         }
 
         if self.is_get() && status == StatusCode::OK {

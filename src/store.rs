@@ -68,6 +68,9 @@ impl Variant {
 #[derive(Debug)]
 struct Resource {
     variants: Box<[Variant]>,
+    /// Set when a newer version of this resource replaces it: quick_cache
+    /// reports replacements through the same hook as evictions.
+    superseded: std::sync::atomic::AtomicBool,
 }
 
 /// At most this many variants (hosts × `Vary` values) are kept per URL; a
@@ -90,6 +93,9 @@ impl quick_cache::Lifecycle<Box<str>, Arc<Resource>> for CountEvictions {
     type RequestState = ();
 
     fn on_evict(&self, _state: &mut (), _key: Box<str>, resource: Arc<Resource>) {
+        if resource.superseded.load(Ordering::Acquire) {
+            return;
+        }
         self.0
             .evicted
             .fetch_add(resource.variants.len() as u64, Ordering::Relaxed);
@@ -311,6 +317,7 @@ impl Store {
         let ours = variant.entry.clone();
         let mut variants: Vec<Variant> = Vec::with_capacity(2);
         if let Some(existing) = self.map.get(key) {
+            existing.superseded.store(true, Ordering::Release);
             variants.extend(
                 existing
                     .variants
@@ -329,6 +336,7 @@ impl Store {
         variants.push(variant);
         let resource = Arc::new(Resource {
             variants: variants.into_boxed_slice(),
+            superseded: Default::default(),
         });
         self.map.insert(key.into(), resource);
         if self.epoch.load(Ordering::SeqCst) != started {

@@ -409,7 +409,6 @@ async fn index_page_on_axum_links_every_media_file_and_is_no_cache() {
 /// most file servers — gets HEAD answers without the content `ETag` that
 /// the GET answers carry, even while the entry is trusted.
 #[tokio::test]
-#[ignore = "library bug: HEAD gets no ETag when the service sends Last-Modified (plan checks validators.is_empty(), not etag().is_none())"]
 async fn head_after_get_on_axum_carries_the_content_etag() {
     let server = Running::axum(media_server::app()).await;
     let client = client();
@@ -608,7 +607,6 @@ async fn twenty_megabyte_streamed_body_arrives_intact_without_an_etag() {
 /// be evicted, yet the counter goes up (and `validator store evicted` is
 /// logged at debug level) on every re-learn.
 #[tokio::test]
-#[ignore = "library bug: re-learning a URL counts as an eviction in Stats::evicted (quick_cache on_evict fires on replace)"]
 async fn relearning_the_same_file_evicts_nothing() {
     let layer = media_server::cache_layer();
     let handle = layer.handle();

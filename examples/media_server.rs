@@ -12,7 +12,17 @@
 //!   every 10 seconds, and the same files as "latest copies". Caches keep
 //!   them but revalidate on every use; the layer answers `304` while the
 //!   bytes are unchanged.
-//! * `/` is an HTML page linking to all of it (also `no-cache`).
+//! * `/` is an HTML page linking each media file by its **fingerprinted**
+//!   URL (`/media/gradient.5e6d465919c4681d.png`): those answers carry
+//!   `Cache-Control: public, max-age=31536000, immutable`, and a changed
+//!   file gets a new link. The page itself is `no-cache`.
+//!
+//! Trust modes in use: `/media/` learns validators and answers
+//! revalidations itself while a three-day copy would still be fresh
+//! (`Trust::MaxAge`, the default with `max-age`); `/live/snapshot.svg` asks
+//! a **probe** for the current snapshot's ETag instead of rendering it;
+//! the rest of `/live/` always asks the file server (`Trust::Never`, the
+//! default with `no-cache`) and still gets `304`s from the layer.
 //!
 //! On start it prints two `curl` commands: one showing the `200` with its
 //! `ETag` and `Cache-Control`, one showing the `304` for a revalidation.
@@ -31,7 +41,9 @@ use tower::ServiceBuilder;
 use tower::util::{MapRequest, MapResponse};
 use tower_http::services::ServeDir;
 use tower_http::services::fs::ServeFileSystemResponseBody;
-use tower_media_cache::{CachePolicy, MediaCacheLayer, content_etag};
+use tower_media_cache::{
+    CachePolicy, MediaCacheLayer, Validators, content_etag, fingerprinted_path,
+};
 
 /// How long fetchers may reuse `/media/` responses without asking: 3 days.
 pub const MEDIA_MAX_AGE: Duration = Duration::from_secs(259_200);
@@ -49,11 +61,22 @@ pub fn media_dir() -> PathBuf {
 }
 
 /// The layer this server uses: `public, max-age=259200` by default,
-/// `no-cache` for `/live/` and for the index page.
+/// `no-cache` for `/live/` and for the index page, a probe for the live
+/// snapshot, and fingerprinted URLs.
 pub fn cache_layer() -> MediaCacheLayer {
     MediaCacheLayer::new(CachePolicy::max_age(MEDIA_MAX_AGE).public())
         .route("/live/{*path}", CachePolicy::no_cache())
+        .route(
+            "/live/snapshot.svg",
+            CachePolicy::no_cache().probe(|_request: &axum::http::request::Parts| async {
+                // Knowing which snapshot is current is enough to know its
+                // ETag: a revalidation never renders the SVG.
+                let current = snapshot_svg(current_snapshot());
+                Some(Validators::new().with_etag(content_etag(current.as_bytes())))
+            }),
+        )
         .route("/", CachePolicy::no_cache())
+        .fingerprinted_urls()
 }
 
 /// The whole application with [`cache_layer`].
@@ -140,10 +163,14 @@ pub fn media_files() -> Vec<String> {
     names
 }
 
-/// The URL the index links a media file under. The one place to change
-/// when the links become fingerprinted.
+/// The URL the index links a media file under: its fingerprinted URL, with
+/// the content hash of the file's current bytes in the name.
 pub fn media_url(name: &str) -> String {
-    format!("/media/{name}")
+    let path = format!("/media/{name}");
+    match std::fs::read(media_dir().join(name)) {
+        Ok(bytes) => fingerprinted_path(&path, &bytes),
+        Err(_) => path,
+    }
 }
 
 /// The index page: a link to each file in `files` (through [`media_url`])
@@ -242,13 +269,15 @@ async fn main() {
     let bytes = std::fs::read(media_dir().join(example)).expect("read the example file");
     let etag = content_etag(&bytes);
     let etag = etag.header_value().to_str().expect("an ETag is ASCII");
-    let url = format!("{base}{}", media_url(example));
+    let url = format!("{base}/media/{example}");
     println!("Serving {} on {base}/", media_dir().display());
     println!();
     println!("  200 with ETag and Cache-Control:");
     println!("    curl -i {url}");
     println!("  304 for a revalidation:");
     println!("    curl -i -H 'If-None-Match: {etag}' {url}");
+    println!("  the same file under its fingerprinted, immutable URL:");
+    println!("    curl -i {base}{}", media_url(example));
     println!();
 
     axum::serve(listener, app())

@@ -317,7 +317,11 @@ async fn live_routes_on_axum_are_no_cache_and_always_reach_the_service() {
     )
     .await;
     match again.status {
-        StatusCode::NOT_MODIFIED => assert_eq!(again.header(ETAG), snapshot.header(ETAG)),
+        StatusCode::NOT_MODIFIED => {
+            assert_eq!(again.header(ETAG), snapshot.header(ETAG));
+            // The probe answered: the snapshot was not rendered again.
+            assert_eq!(handle.stats().short_circuit_not_modified, 1);
+        }
         StatusCode::OK => {
             assert_ne!(again.body, snapshot.body);
             assert_eq!(again.header(ETAG), etag_of(&again.body));
@@ -395,6 +399,11 @@ async fn index_page_on_axum_links_every_media_file_and_is_no_cache() {
         let linked = get(&client, &server.url(&media_server::media_url(name)), &[]).await;
         assert_eq!(linked.status, StatusCode::OK, "{name}");
         assert_eq!(linked.body, media_bytes(name));
+        assert_eq!(
+            linked.header(CACHE_CONTROL),
+            "public, max-age=31536000, immutable",
+            "{name} is linked by its fingerprinted URL"
+        );
     }
     assert!(html.contains("href=\"/live/snapshot.svg\""));
 

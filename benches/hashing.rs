@@ -32,7 +32,7 @@ fn media(len: usize) -> Vec<u8> {
         .collect()
 }
 
-#[divan::bench(args = SIZES, sample_count = 100, max_time = 2)]
+#[divan::bench(args = SIZES, sample_count = 100, min_time = 0.5, max_time = 3)]
 fn content_etag_xxh3_128(bencher: Bencher, len: usize) {
     let src = media(len);
     bencher
@@ -40,7 +40,7 @@ fn content_etag_xxh3_128(bencher: Bencher, len: usize) {
         .bench_local(|| content_etag(divan::black_box(&src)));
 }
 
-#[divan::bench(args = SIZES, sample_count = 100, max_time = 2)]
+#[divan::bench(args = SIZES, sample_count = 100, min_time = 0.5, max_time = 3)]
 fn memcpy(bencher: Bencher, len: usize) {
     let src = media(len);
     let mut dst = vec![0u8; len];

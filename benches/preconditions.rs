@@ -74,7 +74,7 @@ fn run(bencher: Bencher, field: HeaderMap, expect: Precondition) {
     });
 }
 
-#[divan::bench_group(sample_count = 200, max_time = 1)]
+#[divan::bench_group(sample_count = 200, min_time = 0.5, max_time = 2)]
 mod if_none_match {
     use super::*;
 
@@ -121,7 +121,7 @@ mod if_none_match {
     }
 }
 
-#[divan::bench_group(sample_count = 200, max_time = 1)]
+#[divan::bench_group(sample_count = 200, min_time = 0.5, max_time = 2)]
 mod if_modified_since {
     use super::*;
 
@@ -159,7 +159,7 @@ mod if_modified_since {
 
 /// Per-byte cost of a non-matching `If-None-Match` list: every member is
 /// parsed and compared. Sizes in bytes of the field value.
-#[divan::bench_group(sample_count = 200, max_time = 1)]
+#[divan::bench_group(sample_count = 200, min_time = 0.5, max_time = 2)]
 mod list_bytes {
     use super::*;
 
@@ -190,7 +190,7 @@ mod list_bytes {
 }
 
 /// Parsing one `ETag` field value into an [`EntityTag`].
-#[divan::bench(sample_count = 200, max_time = 1)]
+#[divan::bench(sample_count = 200, min_time = 0.5, max_time = 2)]
 fn parse_etag(bencher: Bencher) {
     let value = HeaderValue::from_str(&other_tag(0)).unwrap();
     bencher.bench_local(|| EntityTag::from_header(divan::black_box(&value)));

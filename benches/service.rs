@@ -6,6 +6,7 @@
 //! * `short_circuit_304/N`: the store holds N learned paths; each iteration
 //!   is a conditional GET (`If-None-Match` = the learned ETag) on a random
 //!   one of them, answered 304 from the store without the inner service.
+//! * `short_circuit_304_hot_1000/N`: the same, over 1000 of the N paths.
 //! * `policy_selection/R`: an unconditional GET whose path matches one of R
 //!   route rules (`/r{i}/{*rest}`; R = 0 means the default policy only),
 //!   through the inner service, buffered, hashed and learned.
@@ -75,8 +76,11 @@ fn media_path(i: usize) -> String {
     format!("/media/{i:08}.jpg")
 }
 
-#[divan::bench(args = [1_000, 100_000, 1_000_000], sample_count = 100, max_time = 3)]
-fn short_circuit_304(bencher: Bencher, entries: usize) {
+/// A service whose store holds `entries` learned paths, checked to answer a
+/// conditional GET with 304 without calling the inner service.
+fn populated(
+    entries: usize,
+) -> impl Service<Request<()>, Response = Response<impl Sized>, Error = Infallible> {
     // Room to spare: quick_cache splits its capacity over shards, and a
     // shard that fills up evicts even when the whole store has room.
     let layer = MediaCacheLayer::new(policy()).store_capacity(entries * 2);
@@ -90,21 +94,30 @@ fn short_circuit_304(bencher: Bencher, entries: usize) {
     assert_eq!(stats.entries, entries as u64, "{stats:?}");
     assert_eq!(stats.evicted, 0, "{stats:?}");
 
-    let conditional = |i: usize| {
-        let path = media_path(i);
-        let etag = content_etag(path.as_bytes());
-        Request::get(path)
-            .header(IF_NONE_MATCH, etag.header_value().clone())
-            .body(())
-            .unwrap()
-    };
-    // The measured request really is answered from the store.
     let before = INNER_CALLS.load(Ordering::Relaxed);
     let response = call(&mut service, conditional(entries / 2));
     assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(INNER_CALLS.load(Ordering::Relaxed), before);
     assert_eq!(handle.stats().short_circuit_not_modified, 1);
+    service
+}
 
+/// A revalidation of path `i` with the ETag the layer gave it.
+fn conditional(i: usize) -> Request<()> {
+    let path = media_path(i);
+    let etag = content_etag(path.as_bytes());
+    Request::get(path)
+        .header(IF_NONE_MATCH, etag.header_value().clone())
+        .body(())
+        .unwrap()
+}
+
+/// Uniformly random paths among all `entries`: the worst case for the
+/// memory hierarchy, every lookup touches entries no other one did lately.
+#[divan::bench(args = [1_000, 100_000, 1_000_000], sample_count = 100, min_time = 1, max_time = 5)]
+fn short_circuit_304(bencher: Bencher, entries: usize) {
+    let mut service = populated(entries);
+    let before = INNER_CALLS.load(Ordering::Relaxed);
     let mut rng = Rng(0x1234_5678_9abc_def1);
     bencher
         .with_inputs(|| conditional(rng.below(entries)))
@@ -112,10 +125,25 @@ fn short_circuit_304(bencher: Bencher, entries: usize) {
     assert_eq!(INNER_CALLS.load(Ordering::Relaxed), before);
 }
 
+/// The same store sizes, but requests go to 1000 of the paths only (a hot
+/// set, as real revalidation traffic has): separates the cost of the
+/// store's size from the cost of cache misses on a cold entry.
+#[divan::bench(args = [1_000, 100_000, 1_000_000], sample_count = 100, min_time = 1, max_time = 5)]
+fn short_circuit_304_hot_1000(bencher: Bencher, entries: usize) {
+    let mut service = populated(entries);
+    let before = INNER_CALLS.load(Ordering::Relaxed);
+    let stride = entries / 1000;
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    bencher
+        .with_inputs(|| conditional(rng.below(1000) * stride))
+        .bench_local_values(|request| call(&mut service, request));
+    assert_eq!(INNER_CALLS.load(Ordering::Relaxed), before);
+}
+
 /// Paths spread over the rules: `/r{j % R}/media/{j}.jpg`.
 const PATHS: usize = 1000;
 
-#[divan::bench(args = [0, 1, 100, 1000], sample_count = 100, max_time = 2)]
+#[divan::bench(args = [0, 1, 100, 1000], sample_count = 100, min_time = 0.5, max_time = 3)]
 fn policy_selection(bencher: Bencher, rules: usize) {
     let mut layer = MediaCacheLayer::new(CachePolicy::no_cache());
     for i in 0..rules {
@@ -140,7 +168,7 @@ fn policy_selection(bencher: Bencher, rules: usize) {
 }
 
 /// The same unconditional GET, without the layer.
-#[divan::bench(sample_count = 100, max_time = 2)]
+#[divan::bench(sample_count = 100, min_time = 0.5, max_time = 3)]
 fn inner_only(bencher: Bencher) {
     let mut service = service_fn(inner);
     let paths: Vec<String> = (0..PATHS).map(|j| format!("/r0/media/{j}.jpg")).collect();

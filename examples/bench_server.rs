@@ -1,0 +1,86 @@
+//! The server that `bench/load.sh` drives: one 200 KB media file over HTTP,
+//! in three modes, so the layer can be compared with no layer and with
+//! tower-http's `ServeDir` under the same load.
+//!
+//! ```sh
+//! cargo build --release --example bench_server
+//! target/release/examples/bench_server plain    127.0.0.1:8081 /tmp/media/media.jpg
+//! target/release/examples/bench_server layer    127.0.0.1:8082 /tmp/media/media.jpg
+//! target/release/examples/bench_server servedir 127.0.0.1:8083 /tmp/media/media.jpg
+//! ```
+//!
+//! * `plain`: axum serves the file's bytes from memory at `/media.jpg`.
+//! * `layer`: the same router behind `MediaCacheLayer` with a `max-age`
+//!   policy (content ETag, `Cache-Control`, short-circuited 304s).
+//! * `servedir`: tower-http's `ServeDir` on the file's folder (reads the
+//!   file on every request; its own `ETag` and `Last-Modified`).
+//!
+//! `BENCH_WORKERS` sets the number of Tokio worker threads (default 1, so
+//! that on a small machine the load generator keeps a core of its own).
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use bytes::Bytes;
+use tower_http::services::ServeDir;
+use tower_media_cache::{CachePolicy, MediaCacheLayer};
+
+fn usage() -> ! {
+    eprintln!("usage: bench_server plain|layer|servedir ADDR FILE");
+    std::process::exit(2);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [mode, addr, file] = args.as_slice() else {
+        usage();
+    };
+    let workers = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(1);
+    let file = std::path::PathBuf::from(file);
+
+    let app = match mode.as_str() {
+        "plain" => in_memory(&file),
+        "layer" => in_memory(&file).layer(MediaCacheLayer::new(CachePolicy::max_age(
+            Duration::from_secs(86_400),
+        ))),
+        "servedir" => {
+            let dir = file.parent().expect("FILE has a parent folder").to_owned();
+            Router::new().fallback_service(ServeDir::new(dir))
+        }
+        _ => usage(),
+    };
+
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(async move {
+            let listener = tokio::net::TcpListener::bind(addr.as_str())
+                .await
+                .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            eprintln!("bench_server {mode} listening on http://{addr}/ ({workers} worker(s))");
+            axum::serve(listener, app).await.expect("server");
+        });
+}
+
+/// `/{file name}` answered from a copy of the file kept in memory.
+fn in_memory(file: &std::path::Path) -> Router {
+    let bytes = Bytes::from(std::fs::read(file).expect("read FILE"));
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("FILE has a UTF-8 name");
+    Router::new().route(
+        &format!("/{name}"),
+        get(move || {
+            let bytes = bytes.clone();
+            async move { ([(CONTENT_TYPE, "image/jpeg")], bytes) }
+        }),
+    )
+}

@@ -122,9 +122,10 @@ pub(crate) struct Store {
     /// never be learned after the write's invalidation.
     epoch: AtomicU64,
     pub(crate) counters: Arc<Counters>,
-    /// Whether the invalidation bus is connected; always `true` without a
-    /// bus. While `false`, no entry is trusted (see [`Found::is_trusted`]).
-    bus_connected: Arc<AtomicBool>,
+    /// The invalidation bus's state: odd while connected (always, without a
+    /// bus), even while not; bumped by every change. While disconnected, and
+    /// across a change, no entry is trusted (see [`Found::is_trusted`]).
+    bus_state: Arc<AtomicU64>,
     /// The invalidation bus, once [`Store::attach_bus`] ran.
     bus: OnceLock<(Arc<dyn InvalidationBus>, BusLink)>,
 }
@@ -142,9 +143,9 @@ impl std::fmt::Debug for Store {
 #[derive(Debug)]
 pub(crate) struct Found {
     entry: Arc<Entry>,
-    /// With an invalidation bus: its connected flag, read when trust is
-    /// decided, and the counters to count the fallbacks in.
-    bus: Option<(Arc<AtomicBool>, Arc<Counters>)>,
+    /// With an invalidation bus: its state, the state when the lookup
+    /// began, and the counters to count the fallbacks in.
+    bus: Option<(Arc<AtomicU64>, u64, Arc<Counters>)>,
     /// Whether this lookup was already counted as a bus fallback.
     fallback_counted: AtomicBool,
 }
@@ -169,13 +170,17 @@ impl std::ops::Deref for Found {
 impl Found {
     /// Whether the entry may answer without the inner service now: its own
     /// trust ([`Entry::is_trusted`], which this shadows for callers holding a
-    /// `Found`), and an invalidation bus, if any, that is connected. A
-    /// disconnected bus may have lost invalidations, so nothing is trusted;
-    /// the first refusal of an otherwise trusted entry is counted.
+    /// `Found`), and an invalidation bus, if any, that was connected when the
+    /// lookup began and has stayed so since. A disconnected bus may have lost
+    /// invalidations, so nothing is trusted; the first refusal of an
+    /// otherwise trusted entry is counted.
     pub(crate) fn is_trusted(&self, now: SystemTime) -> bool {
         let trusted = self.entry.is_trusted(now);
         match &self.bus {
-            Some((connected, counters)) if trusted && !connected.load(Ordering::SeqCst) => {
+            Some((state, at_lookup, counters))
+                if trusted
+                    && (at_lookup % 2 == 0 || state.load(Ordering::SeqCst) != *at_lookup) =>
+            {
                 if !self.fallback_counted.swap(true, Ordering::Relaxed) {
                     counters
                         .bus_disconnected_fallbacks
@@ -204,7 +209,7 @@ impl Store {
             map,
             epoch: AtomicU64::new(0),
             counters,
-            bus_connected: Arc::new(AtomicBool::new(true)),
+            bus_state: Arc::new(AtomicU64::new(1)),
             bus: OnceLock::new(),
         }
     }
@@ -218,7 +223,7 @@ impl Store {
     /// When the store already has a bus.
     pub(crate) fn attach_bus(self: &Arc<Self>, bus: Arc<dyn InvalidationBus>) {
         let link = BusLink::new(Arc::downgrade(self));
-        self.bus_connected.store(false, Ordering::SeqCst);
+        self.bus_state.fetch_add(1, Ordering::SeqCst);
         if self.bus.set((bus.clone(), link.clone())).is_err() {
             panic!("this validator store already has an invalidation bus");
         }
@@ -232,24 +237,30 @@ impl Store {
 
     /// Whether the invalidation bus is connected (always, without one).
     pub(crate) fn bus_connected(&self) -> bool {
-        self.bus_connected.load(Ordering::SeqCst)
+        self.bus_state.load(Ordering::SeqCst) % 2 == 1
     }
 
     /// Records the bus's state; returns whether it changed. On a change to
     /// connected, the store is cleared first: it may have missed
     /// invalidations while disconnected.
     pub(crate) fn set_bus_connected(&self, connected: bool) -> bool {
-        if connected {
-            if self.bus_connected() {
+        loop {
+            let state = self.bus_state.load(Ordering::SeqCst);
+            if (state % 2 == 1) == connected {
                 return false;
             }
-            // Clear before trusting again. `clear_here` bumps the epoch, so
-            // a learn that started while disconnected is discarded too.
-            self.clear_here();
-            self.bus_connected.store(true, Ordering::SeqCst);
-            true
-        } else {
-            self.bus_connected.swap(false, Ordering::SeqCst)
+            if connected {
+                // Clear before trusting again. `clear_here` bumps the epoch,
+                // so a learn that started while disconnected is discarded.
+                self.clear_here();
+            }
+            if self
+                .bus_state
+                .compare_exchange(state, state + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return true;
+            }
         }
     }
 
@@ -279,6 +290,15 @@ impl Store {
 
     /// The variant of `key` that a request with these headers selects.
     pub(crate) fn lookup(&self, key: &str, host: &str, request: &HeaderMap) -> Option<Found> {
+        // The bus state is read before the map: an entry read after a
+        // reconnection's clear began is then never taken for a fresh one.
+        let bus = self.bus.get().map(|_| {
+            (
+                self.bus_state.clone(),
+                self.bus_state.load(Ordering::SeqCst),
+                self.counters.clone(),
+            )
+        });
         let resource = self.map.get(key)?;
         resource
             .variants
@@ -286,10 +306,7 @@ impl Store {
             .find(|variant| variant.selected_by(host, request))
             .map(|variant| Found {
                 entry: variant.entry.clone(),
-                bus: self
-                    .bus
-                    .get()
-                    .map(|_| (self.bus_connected.clone(), self.counters.clone())),
+                bus,
                 fallback_counted: AtomicBool::new(false),
             })
     }

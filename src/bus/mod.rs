@@ -386,6 +386,28 @@ mod tests {
     }
 
     #[test]
+    fn a_lookup_across_a_reconnection_is_not_trusted() {
+        let (store, bus) = with_bus();
+        let now = SystemTime::UNIX_EPOCH;
+        // Looked up while disconnected, used after the reconnection.
+        learn(&store, "/a");
+        let found = store.lookup("/a", "h", &HeaderMap::new()).unwrap();
+        bus.link().set_connected();
+        assert!(!found.is_trusted(now));
+        // Looked up while connected, used after an outage.
+        learn(&store, "/a");
+        let found = store.lookup("/a", "h", &HeaderMap::new()).unwrap();
+        assert!(found.is_trusted(now));
+        bus.link().set_disconnected(&"test");
+        bus.link().set_connected();
+        assert!(!found.is_trusted(now));
+        // Reporting connected again changes nothing, clears nothing.
+        learn(&store, "/a");
+        bus.link().set_connected();
+        assert_eq!(trusted(&store, "/a"), Some(true));
+    }
+
+    #[test]
     fn local_invalidations_are_published_and_remote_ones_are_not() {
         let (store, bus) = with_bus();
         bus.link().set_connected();

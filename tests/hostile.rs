@@ -474,11 +474,12 @@ async fn non_ascii_bytes_in_conditional_fields_never_panic_and_match_only_byte_f
 // Inner services that fail.
 
 type Chunks = Vec<Result<Frame<Bytes>, std::io::Error>>;
+type Failing = StreamBody<
+    futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>,
+>;
 
-fn failing_body(
-    chunks: &[&'static [u8]],
-) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>>
-{
+/// A body that yields `chunks`, then fails.
+fn failing_body(chunks: &[&'static [u8]]) -> Failing {
     let mut frames: Chunks = chunks
         .iter()
         .map(|c| Ok(Frame::data(Bytes::from_static(c))))
@@ -905,4 +906,51 @@ async fn the_size_hint_of_a_buffered_body_that_failed_is_not_exact() {
         None,
         "17 bytes are buffered but the body ends in an error, not after them"
     );
+}
+
+/// Sends `head` (a whole HTTP/1.1 request head) and reads until the server
+/// closes the connection.
+async fn raw_request(addr: std::net::SocketAddr, head: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before reading all of a huge head.
+    let _ = stream.write_all(head).await;
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn over_a_real_server_huge_if_none_match_fields_are_served_or_refused_by_hyper() {
+    let layer = layer();
+    let handle = layer.handle();
+    let server = start(layer, Probes::default()).await;
+    let (status, _) = fetch(server.addr, "/small").await;
+    assert_eq!(status, 200);
+    let tag = etag_of(BODY);
+    for (size, expected) in [(64 * 1024, "HTTP/1.1 304"), (1024 * 1024, "HTTP/1.1 431")] {
+        let list = huge_list(size, &tag);
+        // The same authority as `fetch` sends, so that the same store
+        // variant is selected.
+        let mut head = format!(
+            "GET /small HTTP/1.1\r\nhost: {}\r\nconnection: close\r\nif-none-match: ",
+            server.addr
+        )
+        .into_bytes();
+        head.extend_from_slice(&list);
+        head.extend_from_slice(b"\r\n\r\n");
+        let answer = raw_request(server.addr, &head).await;
+        assert!(
+            answer.starts_with(expected),
+            "{size} bytes: {}",
+            answer.lines().next().unwrap_or_default()
+        );
+    }
+    // The 64 KiB one was answered from the store; the 1 MiB one never
+    // reached the layer.
+    assert_eq!(handle.stats().learned, 1);
+    assert_eq!(handle.stats().short_circuit_not_modified, 1);
+    // Still serving.
+    let (status, body) = fetch(server.addr, "/small").await;
+    assert_eq!(status, 200);
+    assert_eq!(body.unwrap(), BODY);
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Load comparison on 127.0.0.1: axum without and with MediaCacheLayer,
-# tower-http's ServeDir and nginx, serving the same 200 KB file, 200s and
+# Load comparison on 127.0.0.1: axum without and with MediaCacheLayer (and
+# with the layer and a handler that sends its own content ETag, so nothing
+# is hashed per request), tower-http's ServeDir and nginx, serving the same 200 KB file, 200s and
 # 304s, interleaved in one run. See BENCHMARKS.md for the numbers.
 #
 #   bash bench/load.sh                       # 3 rounds of 5 s per contender
@@ -80,7 +81,9 @@ port_plain=$((BASE_PORT + 1))
 port_layer=$((BASE_PORT + 2))
 port_servedir=$((BASE_PORT + 3))
 port_nginx=$((BASE_PORT + 4))
-for port in "$port_plain" "$port_layer" "$port_servedir" "$port_nginx"; do
+port_layer_etag=$((BASE_PORT + 5))
+all_ports=("$port_plain" "$port_layer" "$port_servedir" "$port_nginx" "$port_layer_etag")
+for port in "${all_ports[@]}"; do
   if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
     echo "port $port is already in use; set BASE_PORT" >&2
     exit 1
@@ -117,14 +120,14 @@ CONF
 
 "${server_pin[@]}" "$NGINX" -p "$tmp" -e "$tmp/nginx-error.log" -c "$tmp/nginx.conf" &
 pids+=($!)
-for mode in plain layer servedir; do
-  port_var=port_$mode
+for mode in plain layer layer-etag servedir; do
+  port_var=port_${mode//-/_}
   "${server_pin[@]}" "$SERVER" "$mode" "127.0.0.1:${!port_var}" "$tmp/media/media.jpg" &
   pids+=($!)
 done
 
 url() { echo "http://127.0.0.1:$1/media.jpg"; }
-for port in "$port_plain" "$port_layer" "$port_servedir" "$port_nginx"; do
+for port in "${all_ports[@]}"; do
   for _ in $(seq 100); do
     curl -sf -o /dev/null --max-time 1 "$(url "$port")" && break
     sleep 0.1
@@ -165,6 +168,7 @@ size=$(curl -s -o /dev/null -w '%{size_download}' "$(url "$port_plain")")
 contenders=(
   "plain-200|$port_plain|"
   "layer-200|$port_layer|"
+  "layer-etag-200|$port_layer_etag|"
   "servedir-200|$port_servedir|"
   "nginx-200|$port_nginx|"
   "layer-304|$port_layer|$etag_layer"
@@ -243,6 +247,7 @@ ratios=$(
   echo '| ratio of medians | value |'
   echo '|---|---:|'
   ratio 'layer-200 / plain-200 (cost of the layer on 200s)' "${med[layer-200]}" "${med[plain-200]}"
+  ratio 'layer-etag-200 / plain-200 (the layer when the handler sends the ETag)' "${med[layer-etag-200]}" "${med[plain-200]}"
   ratio 'layer-200 / servedir-200' "${med[layer-200]}" "${med[servedir-200]}"
   ratio 'layer-200 / nginx-200' "${med[layer-200]}" "${med[nginx-200]}"
   ratio 'layer-304 / nginx-304' "${med[layer-304]}" "${med[nginx-304]}"

@@ -1,0 +1,232 @@
+//! The whole middleware with an arbitrary inner answer (status, validator
+//! and caching headers, body chunks, a body error) and arbitrary requests
+//! (method, conditional and range headers), two requests in a row on one
+//! service so that the validator store is exercised too. Runs without an
+//! executor: every future here is ready at once.
+//!
+//! Checks: no panic; a non-2xx inner answer is never turned into a 304 or
+//! 412; 304/412 bodies are empty; a 200 whose ETag the layer computed
+//! carries exactly `content_etag(body)`.
+#![no_main]
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, UNIX_EPOCH};
+
+use arbitrary::Arbitrary;
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use libfuzzer_sys::fuzz_target;
+use tower_layer::Layer;
+use tower_media_cache::{CachePolicy, MediaCacheLayer, Trust, content_etag};
+use tower_service::Service;
+
+type Body = StreamBody<
+    futures_util::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, std::io::Error>>>,
+>;
+
+#[derive(Arbitrary, Debug, Clone)]
+struct Answer {
+    status: u8,
+    headers: Vec<(u8, Vec<u8>)>,
+    chunks: Vec<Vec<u8>>,
+    error: bool,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Ask {
+    method: u8,
+    path: u8,
+    headers: Vec<(u8, Vec<u8>)>,
+    answer: Answer,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    policy: u8,
+    trust: u8,
+    max_buffer: u8,
+    asks: Vec<Ask>,
+}
+
+const STATUSES: [u16; 10] = [200, 201, 204, 206, 301, 304, 404, 410, 412, 500];
+const METHODS: [Method; 5] = [
+    Method::GET,
+    Method::HEAD,
+    Method::PUT,
+    Method::POST,
+    Method::DELETE,
+];
+const PATHS: [&str; 4] = ["/a", "/a?x=1", "/live/b", "/skip/c"];
+const REQUEST_HEADERS: [HeaderName; 9] = [
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+    header::AUTHORIZATION,
+    header::ACCEPT_ENCODING,
+    header::HOST,
+];
+const RESPONSE_HEADERS: [HeaderName; 10] = [
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::CACHE_CONTROL,
+    header::VARY,
+    header::CONTENT_TYPE,
+    header::SET_COOKIE,
+    header::LOCATION,
+    header::CONTENT_LOCATION,
+    header::EXPIRES,
+    header::CONTENT_LENGTH,
+];
+
+#[derive(Clone)]
+struct Inner(Arc<Mutex<Option<Answer>>>);
+
+impl Service<Request<()>> for Inner {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<()>) -> Self::Future {
+        let answer = self
+            .0
+            .lock()
+            .unwrap()
+            .take()
+            .expect("one answer per request");
+        let mut frames: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = answer
+            .chunks
+            .iter()
+            .take(8)
+            .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        if answer.error {
+            frames.push(Err(std::io::Error::other("boom")));
+        }
+        let mut response = Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+        *response.status_mut() =
+            StatusCode::from_u16(STATUSES[answer.status as usize % STATUSES.len()]).unwrap();
+        for (name, value) in answer.headers.iter().take(8) {
+            if let Ok(v) = HeaderValue::from_bytes(value) {
+                response.headers_mut().append(
+                    RESPONSE_HEADERS[*name as usize % RESPONSE_HEADERS.len()].clone(),
+                    v,
+                );
+            }
+        }
+        std::future::ready(Ok(response))
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let trust = match input.trust % 4 {
+        0 => Trust::MaxAge,
+        1 => Trust::For(Duration::from_secs(30)),
+        2 => Trust::UntilInvalidated,
+        _ => Trust::Never,
+    };
+    let policy = match input.policy % 3 {
+        0 => CachePolicy::max_age(Duration::from_secs(60)),
+        1 => CachePolicy::no_cache(),
+        _ => CachePolicy::no_store(),
+    }
+    .trust(trust);
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let layer = MediaCacheLayer::new(policy)
+        .route("/live/{*path}", CachePolicy::no_cache().public())
+        .exclude("/skip/{*path}")
+        .max_buffer_bytes(u64::from(input.max_buffer) * 4)
+        .store_capacity(4)
+        .clock(move || now);
+    let slot = Arc::new(Mutex::new(None));
+    let mut service = layer.layer(Inner(slot.clone()));
+
+    for ask in input.asks.iter().take(4) {
+        let method = METHODS[ask.method as usize % METHODS.len()].clone();
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(PATHS[ask.path as usize % PATHS.len()])
+            .body(())
+            .unwrap();
+        for (name, value) in ask.headers.iter().take(8) {
+            if let Ok(v) = HeaderValue::from_bytes(value) {
+                request.headers_mut().append(
+                    REQUEST_HEADERS[*name as usize % REQUEST_HEADERS.len()].clone(),
+                    v,
+                );
+            }
+        }
+        let inner_status = STATUSES[ask.answer.status as usize % STATUSES.len()];
+        let inner_etag = ask.answer.headers.iter().take(8).any(|(n, v)| {
+            *n as usize % RESPONSE_HEADERS.len() == 0 && HeaderValue::from_bytes(v).is_ok()
+        });
+        *slot.lock().unwrap() = Some(ask.answer.clone());
+
+        let ready = std::future::poll_fn(|cx| service.poll_ready(cx))
+            .now_or_never()
+            .expect("ready at once");
+        ready.unwrap();
+        let response = service
+            .call(request)
+            .now_or_never()
+            .expect("response at once")
+            .unwrap();
+        let called = slot.lock().unwrap().take().is_none();
+        let status = response.status();
+        let etag = response.headers().get(header::ETAG).cloned();
+        let body = response
+            .into_body()
+            .collect()
+            .now_or_never()
+            .expect("body at once")
+            .map(|collected| collected.to_bytes());
+
+        if called && !(200..300).contains(&inner_status) {
+            assert_eq!(
+                status.as_u16(),
+                inner_status,
+                "non-2xx answers pass through"
+            );
+        }
+        let inner_own = called && status.as_u16() == inner_status;
+        if (status == StatusCode::NOT_MODIFIED || status == StatusCode::PRECONDITION_FAILED)
+            && !inner_own
+        {
+            if called {
+                assert!(
+                    (200..300).contains(&inner_status),
+                    "{status} from a {inner_status}"
+                );
+            }
+            assert!(body.as_ref().is_ok_and(|b| b.is_empty()));
+        }
+        if status == StatusCode::NOT_MODIFIED && !inner_own {
+            assert!(
+                method == Method::GET || method == Method::HEAD,
+                "304 to {method}"
+            );
+        }
+        if let (Ok(bytes), Some(etag)) = (body, etag)
+            && called
+            && status == StatusCode::OK
+            && method == Method::GET
+            && !inner_etag
+        {
+            assert_eq!(
+                etag,
+                content_etag(&bytes).header_value(),
+                "content ETag of the body sent"
+            );
+        }
+    }
+});

@@ -645,3 +645,28 @@ async fn a_frozen_redis_is_noticed_by_ping_and_both_replicas_fall_back() {
         replica.assert_short_circuits("/media/a.jpg", &v2).await;
     }
 }
+
+#[test]
+fn a_store_whose_bus_task_stopped_with_its_runtime_does_not_trust_its_entries() {
+    let Some(redis) = RedisServer::start(
+        "a_store_whose_bus_task_stopped_with_its_runtime_does_not_trust_its_entries",
+    ) else {
+        return;
+    };
+    let db = Database::default();
+    db.set("/media/a.jpg", b"a, version 1");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (a, etag) = runtime.block_on(async {
+        let a = Replica::new("A", &db, &redis.url(), &channel("runtime"));
+        a.wait_connected().await;
+        let etag = a.learn("/media/a.jpg").await;
+        (a, etag)
+    });
+    drop(runtime);
+    assert!(
+        !a.handle.bus_connected(),
+        "the task is gone: nothing hears the other replicas"
+    );
+    let other = tokio::runtime::Runtime::new().unwrap();
+    other.block_on(a.assert_calls_inner("/media/a.jpg", &etag));
+}

@@ -10,7 +10,8 @@
 //! The bus is *connected* once the `SUBSCRIBE` is confirmed and the
 //! publishing connection is up, and stops being connected when the pub/sub
 //! connection fails or closes, a `PING` on it is not answered within
-//! [`ping_timeout`](RedisBusBuilder::ping_timeout), or a `PUBLISH` fails.
+//! [`ping_timeout`](RedisBusBuilder::ping_timeout), or a `PUBLISH` fails,
+//! and for good when the task stops (its Tokio runtime shut down).
 //! See [the bus module](crate::bus) for what that means for the store and
 //! for the guarantee.
 //!
@@ -350,6 +351,9 @@ async fn run(
     shared: Arc<Shared>,
     mut inbox: mpsc::UnboundedReceiver<Outgoing>,
 ) {
+    // However the task ends — every handle dropped, or its runtime shut
+    // down — no store may go on believing it hears the other replicas.
+    let _stopped = Stopped(shared.clone());
     let mut pending = Pending::default();
     let mut backoff = settings.min_backoff;
     let mut ever_connected = false;
@@ -391,6 +395,15 @@ async fn run(
         {
             return;
         }
+    }
+}
+
+/// Reports the stores disconnected when dropped with the task.
+struct Stopped(Arc<Shared>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.set_disconnected("the invalidation bus task stopped");
     }
 }
 

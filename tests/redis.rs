@@ -69,31 +69,43 @@ impl RedisServer {
             );
             return None;
         };
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = std::env::temp_dir().join(format!(
-            "tower-media-cache-redis-{}-{port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("a working directory for redis-server");
-        let mut server = Self {
-            binary,
-            port,
-            dir,
-            child: None,
-        };
-        server.restart();
-        Some(server)
+        // A port found free may be taken before redis-server binds it:
+        // then it exits, and another port is tried.
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!(
+                "tower-media-cache-redis-{}-{port}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).expect("a working directory for redis-server");
+            let mut server = Self {
+                binary: binary.clone(),
+                port,
+                dir,
+                child: None,
+            };
+            match server.try_start() {
+                Ok(()) => return Some(server),
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("redis-server did not start: {failures:#?}");
     }
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// (Re)starts the server on the same port and waits until it answers.
+    /// Restarts the server on the same port and waits until it answers.
     fn restart(&mut self) {
+        if let Err(failure) = self.try_start() {
+            panic!("{failure}");
+        }
+    }
+
+    /// Starts the server on its port and waits until it answers.
+    fn try_start(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "redis-server already running");
         let child = Command::new(&self.binary)
             .args(["--bind", "127.0.0.1", "--port"])
@@ -109,20 +121,24 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + WAIT;
         loop {
-            if ping(self.port) {
-                return;
-            }
+            let answered = ping(self.port);
+            // Ours, not another test's on the same port: still running.
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "redis-server on port {} exited at start: {status}",
                     self.port
-                );
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not answer PING within {WAIT:?}",
-                self.port
-            );
+            if answered {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "redis-server on port {} did not answer PING within {WAIT:?}",
+                    self.port
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -156,6 +172,13 @@ impl Drop for RedisServer {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 fn ping(port: u16) -> bool {
@@ -576,11 +599,11 @@ async fn without_redis_both_replicas_call_the_inner_service_and_recover_after_a_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_never_connected_never_answers_from_its_store() {
-    // Nothing listens on this port (no redis-server needed).
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .unwrap()
-        .port();
+    // A port that accepts connections (into the kernel's backlog) but never
+    // answers; held for the whole test, so no other test's redis-server can
+    // take it. No redis-server needed.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
     let db = Database::default();
     db.set("/media/a.jpg", b"a, version 1");
     let a = Replica::new(
@@ -596,6 +619,7 @@ async fn a_replica_that_never_connected_never_answers_from_its_store() {
     assert!(!a.handle.bus_connected());
     assert_eq!(a.stats().short_circuit_not_modified, 0);
     assert_eq!(a.stats().bus_disconnected_fallbacks, 5);
+    drop(silent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,12 @@
 //! the old entry within the bus delivery time, or as soon as it notices it
 //! is disconnected.
 //!
+//! "Stops answering" is about requests B looks up from then on; a request
+//! B had already matched against the old entry when the message arrived may
+//! still be answered from it, exactly as with a local invalidation. An entry
+//! looked up before a disconnection, or before a reconnection, is never
+//! trusted after it.
+//!
 //! The delivery time is the time for the message to go from A's queue
 //! through the broker to B's store. It includes the time A needs to get its
 //! own connection back if that is down when A invalidates: A keeps what it

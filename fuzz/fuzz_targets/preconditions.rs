@@ -159,12 +159,12 @@ fuzz_target!(|input: Input| {
 
     // §13.2.2, composed from the single-field functions.
     let safe = *method == Method::GET || *method == Method::HEAD;
-    let expected = if fields.contains_key(IF_MATCH) && !if_match(&fields, &current) {
-        Precondition::Failed
-    } else if !fields.contains_key(IF_MATCH)
+    // Steps 1 and 2: If-Match, or If-Unmodified-Since only without it.
+    let step_1 = fields.contains_key(IF_MATCH) && !if_match(&fields, &current);
+    let step_2 = !fields.contains_key(IF_MATCH)
         && fields.contains_key(IF_UNMODIFIED_SINCE)
-        && !if_unmodified_since(&fields, &current)
-    {
+        && !if_unmodified_since(&fields, &current);
+    let expected = if step_1 || step_2 {
         Precondition::Failed
     } else if fields.contains_key(IF_NONE_MATCH) && !if_none_match(&fields, &current) {
         if safe {

@@ -168,7 +168,8 @@ fuzz_target!(|input: Input| {
         }
         let inner_status = STATUSES[ask.answer.status as usize % STATUSES.len()];
         let inner_etag = ask.answer.headers.iter().take(8).any(|(n, v)| {
-            *n as usize % RESPONSE_HEADERS.len() == 0 && HeaderValue::from_bytes(v).is_ok()
+            (*n as usize).is_multiple_of(RESPONSE_HEADERS.len())
+                && HeaderValue::from_bytes(v).is_ok()
         });
         *slot.lock().unwrap() = Some(ask.answer.clone());
 

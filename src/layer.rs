@@ -27,6 +27,8 @@ pub(crate) struct Config {
     pub(crate) budget: Arc<Budget>,
     pub(crate) store: Arc<Store>,
     pub(crate) clock: Clock,
+    /// `Some` when fingerprinted URLs are on: the policy for verified ones.
+    pub(crate) fingerprints: Option<CachePolicy>,
 }
 
 /// [`Layer`] that makes a service cache-friendly for media fetchers: adds
@@ -72,6 +74,7 @@ impl MediaCacheLayer {
                 budget: Budget::new(DEFAULT_BUFFER_BUDGET),
                 store: Arc::new(Store::new(DEFAULT_STORE_CAPACITY)),
                 clock: Arc::new(SystemTime::now),
+                fingerprints: None,
             }),
         }
     }
@@ -132,11 +135,11 @@ impl MediaCacheLayer {
     }
 
     /// How many variants the validator store keeps (default 100 000). Least
-    /// recently and least frequently used entries are evicted first.
-    ///
-    /// This makes a new, empty store: take [`handle`](Self::handle) after it.
-    pub fn store_capacity(mut self, variants: usize) -> Self {
-        self.config().store = Arc::new(Store::new(variants));
+    /// recently and least frequently used entries are evicted first. The
+    /// store is resized in place: handles and a bus already attached keep
+    /// working.
+    pub fn store_capacity(self, variants: usize) -> Self {
+        self.config.store.set_capacity(variants);
         self
     }
 
@@ -150,13 +153,30 @@ impl MediaCacheLayer {
         self
     }
 
+    /// Serves fingerprinted URLs (`/media/AAAA.3f9c2a1b5d7e9f01.jpg`, made
+    /// by [`fingerprinted_path`](crate::fingerprinted_path)): the inner
+    /// service sees the plain path (`/media/AAAA.jpg`); when the fingerprint
+    /// is the hash of the bytes it returns, the answer carries
+    /// `Cache-Control: public, max-age=31536000, immutable`. A fingerprint
+    /// that does not match the current bytes gets the current bytes with
+    /// `no-cache`, never `immutable`. See [`fingerprint`](crate::fingerprint).
+    pub fn fingerprinted_urls(mut self) -> Self {
+        self.config().fingerprints = Some(
+            CachePolicy::max_age(std::time::Duration::from_secs(31_536_000))
+                .public()
+                .immutable()
+                .override_existing(),
+        );
+        self
+    }
+
     /// Shares invalidations with the other replicas of the service over
     /// `bus` (for example `RedisBus`, with the `redis` feature): see
     /// [`bus`](crate::bus) for the guarantee. Until the bus connects,
     /// and whenever it is disconnected, the store answers nothing by itself.
     ///
-    /// The bus attaches to the layer's current store: call this after
-    /// [`store_capacity`](Self::store_capacity), which makes a new one.
+    /// The bus attaches to the layer's store, which every clone of the
+    /// layer and every service it made share.
     ///
     /// # Panics
     ///

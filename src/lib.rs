@@ -51,6 +51,7 @@
 
 mod body;
 pub mod bus;
+pub mod fingerprint;
 mod future;
 mod headers;
 mod layer;
@@ -67,6 +68,7 @@ pub use body::ResponseBody;
 #[cfg(feature = "redis")]
 pub use bus::redis::RedisBus;
 pub use bus::{BusLink, Invalidation, InvalidationBus, NoopBus};
+pub use fingerprint::{fingerprint_with, fingerprinted_path};
 pub use future::ResponseFuture;
 pub use headers::{EntityTag, InvalidEntityTag};
 pub use layer::{

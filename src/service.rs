@@ -143,15 +143,14 @@ where
         );
 
         // A fingerprinted URL reaches the inner service as its plain path.
-        if config.fingerprints.is_some() {
-            if let Some(fingerprint) =
+        if config.fingerprints.is_some()
+            && let Some(fingerprint) =
                 Fingerprint::parse(request.uri().path(), request.uri().query())
-            {
-                if let Some(plain) = with_path(request.uri(), &fingerprint.plain) {
-                    *request.uri_mut() = plain;
-                }
-                ctx.set_fingerprint(fingerprint);
+        {
+            if let Some(plain) = with_path(request.uri(), &fingerprint.plain) {
+                *request.uri_mut() = plain;
             }
+            ctx.set_fingerprint(fingerprint);
         }
 
         // Ask the probe instead of the inner service.

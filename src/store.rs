@@ -283,6 +283,11 @@ impl Store {
         }
     }
 
+    /// Changes how many variants the store keeps, evicting if it shrinks.
+    pub(crate) fn set_capacity(&self, capacity: usize) {
+        self.map.set_capacity(capacity.max(1) as u64);
+    }
+
     /// The invalidation epoch to pass back to [`Store::learn`].
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)

@@ -153,8 +153,19 @@ impl<B: Body> Body for ResponseBody<B> {
         match &self.kind {
             Kind::Stream { body } => body.size_hint(),
             Kind::Chunks {
-                remaining, rest, ..
+                remaining,
+                rest,
+                error,
+                ..
             } => match rest {
+                // A pending error must not look like the end of a complete
+                // body: no exact length, so the server cannot frame the
+                // bytes before the error as a whole response.
+                None if error.is_some() => {
+                    let mut hint = SizeHint::new();
+                    hint.set_lower(*remaining);
+                    hint
+                }
                 None => SizeHint::with_exact(*remaining),
                 Some(body) => {
                     let inner = body.size_hint();

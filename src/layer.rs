@@ -135,11 +135,17 @@ impl MediaCacheLayer {
     }
 
     /// How many variants the validator store keeps (default 100 000). Least
-    /// recently and least frequently used entries are evicted first. The
-    /// store is resized in place: handles and a bus already attached keep
-    /// working.
-    pub fn store_capacity(self, variants: usize) -> Self {
-        self.config.store.set_capacity(variants);
+    /// recently and least frequently used entries are evicted first. When a
+    /// handle, a clone of the layer or a bus already shares the store, it is
+    /// resized in place (the bound is then enforced per shard, so it is
+    /// approximate for small capacities) and they keep working.
+    pub fn store_capacity(mut self, variants: usize) -> Self {
+        let config = self.config();
+        if Arc::strong_count(&config.store) == 1 && Arc::weak_count(&config.store) == 0 {
+            config.store = Arc::new(Store::new(variants));
+        } else {
+            config.store.set_capacity(variants);
+        }
         self
     }
 

@@ -205,7 +205,7 @@ pub(crate) struct Ctx {
     uri: Uri,
     request_headers: HeaderMap,
     now: SystemTime,
-    epoch: u64,
+    epoch: store::Epoch,
     store_allowed: bool,
     entry: Option<Found>,
     // Decided from the response.
@@ -228,7 +228,7 @@ impl Ctx {
         store_allowed: bool,
         entry: Option<Found>,
     ) -> Self {
-        let epoch = config.store.epoch();
+        let epoch = config.store.epoch(store::key_of(request.uri()));
         Self {
             config,
             method: request.method().clone(),

@@ -73,6 +73,21 @@ struct Resource {
     superseded: std::sync::atomic::AtomicBool,
 }
 
+/// How many stripes of keys have an invalidation epoch of their own.
+pub(crate) const EPOCH_STRIPES: usize = 256;
+
+fn stripe_of(key: &str) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % EPOCH_STRIPES as u64) as usize
+}
+
+/// The invalidation epochs a request started in; see [`Store::epoch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Epoch {
+    stripe: usize,
+    key: u64,
+    global: u64,
+}
+
 /// At most this many variants (hosts × `Vary` values) are kept per URL; a
 /// resource that varies on, say, `User-Agent` replaces its oldest variant.
 const MAX_VARIANTS: usize = 16;
@@ -117,10 +132,15 @@ type Map = quick_cache::sync::Cache<
 /// The shared validator store.
 pub(crate) struct Store {
     map: Map,
-    /// Bumped by every invalidation. A learn that started before an
-    /// invalidation is discarded, so a response produced before a write can
-    /// never be learned after the write's invalidation.
-    epoch: AtomicU64,
+    /// Invalidation epochs: one per stripe of keys, bumped by invalidating
+    /// a key of that stripe, and one for the whole store, bumped by prefix
+    /// invalidations and clears. A learn whose request started before an
+    /// invalidation that covers its key is discarded, so a response
+    /// produced before a write is never learned after the write's
+    /// invalidation — while writes to other keys (most of them, with
+    /// [`EPOCH_STRIPES`] stripes) do not disturb it.
+    epochs: Box<[AtomicU64]>,
+    global_epoch: AtomicU64,
     pub(crate) counters: Arc<Counters>,
     /// The invalidation bus's state: odd while connected (always, without a
     /// bus), even while not; bumped by every change. While disconnected, and
@@ -134,7 +154,7 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("entries", &self.map.len())
-            .field("epoch", &self.epoch.load(Ordering::Relaxed))
+            .field("epoch", &self.global_epoch.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -207,7 +227,8 @@ impl Store {
         );
         Self {
             map,
-            epoch: AtomicU64::new(0),
+            epochs: (0..EPOCH_STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            global_epoch: AtomicU64::new(0),
             counters,
             bus_state: Arc::new(AtomicU64::new(1)),
             bus: OnceLock::new(),
@@ -288,9 +309,20 @@ impl Store {
         self.map.set_capacity(capacity.max(1) as u64);
     }
 
-    /// The invalidation epoch to pass back to [`Store::learn`].
-    pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
+    /// The invalidation epochs covering `key`, to pass back to
+    /// [`Store::learn`].
+    pub(crate) fn epoch(&self, key: &str) -> Epoch {
+        let stripe = stripe_of(key);
+        Epoch {
+            stripe,
+            key: self.epochs[stripe].load(Ordering::SeqCst),
+            global: self.global_epoch.load(Ordering::SeqCst),
+        }
+    }
+
+    fn epoch_moved(&self, started: Epoch) -> bool {
+        self.epochs[started.stripe].load(Ordering::SeqCst) != started.key
+            || self.global_epoch.load(Ordering::SeqCst) != started.global
     }
 
     /// The variant of `key` that a request with these headers selects.
@@ -326,7 +358,7 @@ impl Store {
         vary: &[HeaderName],
         request: &HeaderMap,
         entry: Entry,
-        started: u64,
+        started: Epoch,
     ) {
         let variant = Variant {
             host: host.to_ascii_lowercase().into(),
@@ -361,7 +393,7 @@ impl Store {
             superseded: Default::default(),
         });
         self.map.insert(key.into(), resource);
-        if self.epoch.load(Ordering::SeqCst) != started {
+        if self.epoch_moved(started) {
             // An invalidation ran while this response was being produced:
             // what it says may be older than the write that invalidated.
             self.map.remove_if(key, |current| {
@@ -386,7 +418,7 @@ impl Store {
     }
 
     fn invalidate_here(&self, key: &str) -> bool {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.epochs[stripe_of(key)].fetch_add(1, Ordering::SeqCst);
         let removed = self.map.remove(key);
         if let Some((_, resource)) = &removed {
             self.count_invalidated(resource.variants.len());
@@ -412,7 +444,7 @@ impl Store {
     }
 
     fn invalidate_prefix_here(&self, prefix: &str) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.global_epoch.fetch_add(1, Ordering::SeqCst);
         let removed = AtomicU64::new(0);
         self.map.retain(|key, resource| {
             let keep = !key.starts_with(prefix);
@@ -435,7 +467,7 @@ impl Store {
     }
 
     fn clear_here(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.global_epoch.fetch_add(1, Ordering::SeqCst);
         let count: usize = self.map.iter().map(|(_, r)| r.variants.len()).sum();
         self.map.clear();
         self.count_invalidated(count);
@@ -686,7 +718,14 @@ mod tests {
     #[test]
     fn variants_are_separated_by_host() {
         let store = Store::new(100);
-        store.learn("/a", "one.example", &[], &HeaderMap::new(), entry("1"), 0);
+        store.learn(
+            "/a",
+            "one.example",
+            &[],
+            &HeaderMap::new(),
+            entry("1"),
+            store.epoch("/a"),
+        );
         assert_eq!(
             tag(store.lookup("/a", "one.example", &HeaderMap::new())),
             Some("\"1\"".into())
@@ -707,9 +746,16 @@ mod tests {
             &vary,
             &headers(&[("accept-encoding", "gzip, br")]),
             entry("gz"),
-            0,
+            store.epoch("/a"),
         );
-        store.learn("/a", "h", &vary, &headers(&[]), entry("id"), 0);
+        store.learn(
+            "/a",
+            "h",
+            &vary,
+            &headers(&[]),
+            entry("id"),
+            store.epoch("/a"),
+        );
         let gz = headers(&[("accept-encoding", "GZIP"), ("accept-encoding", " br")]);
         assert_eq!(tag(store.lookup("/a", "h", &gz)), Some("\"gz\"".into()));
         assert_eq!(
@@ -725,8 +771,22 @@ mod tests {
     #[test]
     fn invalidate_removes_all_variants_and_hosts() {
         let store = Store::new(100);
-        store.learn("/a", "h1", &[], &HeaderMap::new(), entry("1"), 0);
-        store.learn("/a", "h2", &[], &HeaderMap::new(), entry("2"), 0);
+        store.learn(
+            "/a",
+            "h1",
+            &[],
+            &HeaderMap::new(),
+            entry("1"),
+            store.epoch("/a"),
+        );
+        store.learn(
+            "/a",
+            "h2",
+            &[],
+            &HeaderMap::new(),
+            entry("2"),
+            store.epoch("/a"),
+        );
         assert!(store.invalidate("/a"));
         assert!(store.lookup("/a", "h1", &HeaderMap::new()).is_none());
         assert!(store.lookup("/a", "h2", &HeaderMap::new()).is_none());
@@ -735,17 +795,41 @@ mod tests {
     #[test]
     fn a_learn_that_started_before_an_invalidation_is_discarded() {
         let store = Store::new(100);
-        let started = store.epoch();
-        store.invalidate("/other");
+        let started = store.epoch("/a");
+        store.invalidate("/a");
         store.learn("/a", "h", &[], &HeaderMap::new(), entry("old"), started);
         assert!(store.lookup("/a", "h", &HeaderMap::new()).is_none());
+        let started = store.epoch("/a");
+        store.invalidate_prefix("/zzz");
+        store.learn("/a", "h", &[], &HeaderMap::new(), entry("old"), started);
+        assert!(store.lookup("/a", "h", &HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn an_invalidation_of_another_stripe_does_not_discard_a_learn() {
+        let store = Store::new(100);
+        let other = (0..)
+            .map(|i| format!("/other/{i}"))
+            .find(|k| stripe_of(k) != stripe_of("/a"))
+            .unwrap();
+        let started = store.epoch("/a");
+        store.invalidate(&other);
+        store.learn("/a", "h", &[], &HeaderMap::new(), entry("new"), started);
+        assert!(store.lookup("/a", "h", &HeaderMap::new()).is_some());
     }
 
     #[test]
     fn capacity_bounds_the_store_and_counts_evictions() {
         let store = Store::new(50);
         for i in 0..500 {
-            store.learn(&format!("/{i}"), "h", &[], &HeaderMap::new(), entry("x"), 0);
+            store.learn(
+                &format!("/{i}"),
+                "h",
+                &[],
+                &HeaderMap::new(),
+                entry("x"),
+                store.epoch(&format!("/{i}")),
+            );
         }
         assert!(store.len() <= 50, "{}", store.len());
         assert!(store.counters.evicted.load(Ordering::Relaxed) >= 450);
@@ -754,8 +838,22 @@ mod tests {
     #[test]
     fn prefix_invalidation_keeps_other_paths() {
         let store = Store::new(100);
-        store.learn("/media/a", "h", &[], &HeaderMap::new(), entry("1"), 0);
-        store.learn("/live/b", "h", &[], &HeaderMap::new(), entry("2"), 0);
+        store.learn(
+            "/media/a",
+            "h",
+            &[],
+            &HeaderMap::new(),
+            entry("1"),
+            store.epoch("/media/a"),
+        );
+        store.learn(
+            "/live/b",
+            "h",
+            &[],
+            &HeaderMap::new(),
+            entry("2"),
+            store.epoch("/live/b"),
+        );
         store.invalidate_prefix("/media/");
         assert!(store.lookup("/media/a", "h", &HeaderMap::new()).is_none());
         assert!(store.lookup("/live/b", "h", &HeaderMap::new()).is_some());

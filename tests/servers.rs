@@ -646,7 +646,6 @@ async fn relearning_the_same_file_evicts_nothing() {
 /// store. Deterministic here: the GET's handler waits until the POST has
 /// been answered.
 #[tokio::test]
-#[ignore = "library limitation: a POST to any URL discards the learning of every GET in flight (store-wide epoch)"]
 async fn unrelated_post_while_a_get_is_in_flight_does_not_stop_learning() {
     use std::sync::Arc;
     use tokio::sync::{Notify, mpsc};

@@ -323,7 +323,7 @@ mod tests {
     }
 
     fn learn(store: &Store, key: &str) {
-        store.learn(key, "h", &[], &HeaderMap::new(), entry(), store.epoch());
+        store.learn(key, "h", &[], &HeaderMap::new(), entry(), store.epoch(key));
     }
 
     fn trusted(store: &Store, key: &str) -> Option<bool> {
@@ -449,8 +449,8 @@ mod tests {
     fn a_remote_invalidation_discards_learns_in_flight() {
         let (store, bus) = with_bus();
         bus.link().set_connected();
-        let started = store.epoch();
-        bus.link().apply(&Invalidation::Key("/other".into()));
+        let started = store.epoch("/a");
+        bus.link().apply(&Invalidation::Key("/a".into()));
         store.learn("/a", "h", &[], &HeaderMap::new(), entry(), started);
         assert_eq!(trusted(&store, "/a"), None);
     }
@@ -458,7 +458,7 @@ mod tests {
     #[test]
     fn a_learn_in_flight_across_a_reconnection_is_discarded() {
         let (store, bus) = with_bus();
-        let started = store.epoch();
+        let started = store.epoch("/a");
         bus.link().set_connected();
         store.learn("/a", "h", &[], &HeaderMap::new(), entry(), started);
         assert_eq!(trusted(&store, "/a"), None);

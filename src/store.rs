@@ -8,7 +8,7 @@
 //! one hash-map probe whatever the number of entries.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, Uri};
@@ -76,6 +76,11 @@ struct Resource {
 /// How many stripes of keys have an invalidation epoch of their own.
 pub(crate) const EPOCH_STRIPES: usize = 256;
 
+fn lock(mutex: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    // The guarded data is `()`: a panic elsewhere cannot leave it broken.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn stripe_of(key: &str) -> usize {
     (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % EPOCH_STRIPES as u64) as usize
 }
@@ -141,6 +146,13 @@ pub(crate) struct Store {
     /// [`EPOCH_STRIPES`] stripes) do not disturb it.
     epochs: Box<[AtomicU64]>,
     global_epoch: AtomicU64,
+    /// Makes "check the epochs, then insert" in [`Store::learn`] and "bump
+    /// the epoch, then remove" in an invalidation exclusive, per stripe
+    /// (and store-wide, through `global_lock`, for prefixes and clears), so
+    /// that a stale entry is never visible, not even for an instant.
+    /// Lookups take neither.
+    stripe_locks: Box<[Mutex<()>]>,
+    global_lock: RwLock<()>,
     pub(crate) counters: Arc<Counters>,
     /// The invalidation bus's state: odd while connected (always, without a
     /// bus), even while not; bumped by every change. While disconnected, and
@@ -229,6 +241,8 @@ impl Store {
             map,
             epochs: (0..EPOCH_STRIPES).map(|_| AtomicU64::new(0)).collect(),
             global_epoch: AtomicU64::new(0),
+            stripe_locks: (0..EPOCH_STRIPES).map(|_| Mutex::new(())).collect(),
+            global_lock: RwLock::new(()),
             counters,
             bus_state: Arc::new(AtomicU64::new(1)),
             bus: OnceLock::new(),
@@ -368,7 +382,14 @@ impl Store {
                 .collect(),
             entry: Arc::new(entry),
         };
-        let ours = variant.entry.clone();
+        let _global = self.global_lock.read().unwrap_or_else(|e| e.into_inner());
+        let _stripe = lock(&self.stripe_locks[started.stripe]);
+        if self.epoch_moved(started) {
+            // An invalidation covering this key ran while the response was
+            // produced: what it says may be older than the write.
+            tracing::debug!(key, "learn discarded: invalidated while in flight");
+            return;
+        }
         let mut variants: Vec<Variant> = Vec::with_capacity(2);
         if let Some(existing) = self.map.get(key) {
             existing.superseded.store(true, Ordering::Release);
@@ -393,18 +414,6 @@ impl Store {
             superseded: Default::default(),
         });
         self.map.insert(key.into(), resource);
-        if self.epoch_moved(started) {
-            // An invalidation ran while this response was being produced:
-            // what it says may be older than the write that invalidated.
-            self.map.remove_if(key, |current| {
-                current
-                    .variants
-                    .iter()
-                    .any(|variant| Arc::ptr_eq(&variant.entry, &ours))
-            });
-            tracing::debug!(key, "learn discarded: invalidated while in flight");
-            return;
-        }
         self.counters.learned.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(key, host, "validator learned");
     }
@@ -418,7 +427,9 @@ impl Store {
     }
 
     fn invalidate_here(&self, key: &str) -> bool {
-        self.epochs[stripe_of(key)].fetch_add(1, Ordering::SeqCst);
+        let stripe = stripe_of(key);
+        let _stripe = lock(&self.stripe_locks[stripe]);
+        self.epochs[stripe].fetch_add(1, Ordering::SeqCst);
         let removed = self.map.remove(key);
         if let Some((_, resource)) = &removed {
             self.count_invalidated(resource.variants.len());
@@ -444,6 +455,7 @@ impl Store {
     }
 
     fn invalidate_prefix_here(&self, prefix: &str) {
+        let _global = self.global_lock.write().unwrap_or_else(|e| e.into_inner());
         self.global_epoch.fetch_add(1, Ordering::SeqCst);
         let removed = AtomicU64::new(0);
         self.map.retain(|key, resource| {
@@ -467,6 +479,7 @@ impl Store {
     }
 
     fn clear_here(&self) {
+        let _global = self.global_lock.write().unwrap_or_else(|e| e.into_inner());
         self.global_epoch.fetch_add(1, Ordering::SeqCst);
         let count: usize = self.map.iter().map(|(_, r)| r.variants.len()).sum();
         self.map.clear();

@@ -22,6 +22,9 @@ use http::header::GetAll;
 ///
 /// Example values: `"xyzzy"`, `W/"xyzzy"`, `""`.
 ///
+/// `Display` shows obs-text bytes (0x80–0xFF) that are not UTF-8 as U+FFFD;
+/// use [`header_value`](Self::header_value) for the exact bytes.
+///
 /// ```
 /// use tower_media_cache::EntityTag;
 ///

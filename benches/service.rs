@@ -11,6 +11,7 @@
 //!   route rules (`/r{i}/{*rest}`; R = 0 means the default policy only),
 //!   through the inner service, buffered, hashed and learned.
 //! * `inner_only`: the same GET straight to the inner service, no layer.
+//! * `stats/N`: `CacheHandle::stats()` with N entries in the store.
 //!
 //! Requests are built outside the timed section; futures are polled once
 //! with `now_or_never` (every one of them is ready at once), so no runtime
@@ -28,7 +29,7 @@ use http::header::IF_NONE_MATCH;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, Service, service_fn};
-use tower_media_cache::{CachePolicy, MediaCacheLayer, content_etag};
+use tower_media_cache::{CacheHandle, CachePolicy, MediaCacheLayer, content_etag};
 
 fn main() {
     divan::main();
@@ -80,7 +81,10 @@ fn media_path(i: usize) -> String {
 /// conditional GET with 304 without calling the inner service.
 fn populated(
     entries: usize,
-) -> impl Service<Request<()>, Response = Response<impl Sized>, Error = Infallible> {
+) -> (
+    impl Service<Request<()>, Response = Response<impl Sized>, Error = Infallible>,
+    CacheHandle,
+) {
     // Room to spare: quick_cache splits its capacity over shards, and a
     // shard that fills up evicts even when the whole store has room.
     let layer = MediaCacheLayer::new(policy()).store_capacity(entries * 2);
@@ -99,7 +103,7 @@ fn populated(
     assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(INNER_CALLS.load(Ordering::Relaxed), before);
     assert_eq!(handle.stats().short_circuit_not_modified, 1);
-    service
+    (service, handle)
 }
 
 /// A revalidation of path `i` with the ETag the layer gave it.
@@ -116,7 +120,7 @@ fn conditional(i: usize) -> Request<()> {
 /// memory hierarchy, every lookup touches entries no other one did lately.
 #[divan::bench(args = [1_000, 100_000, 1_000_000], sample_count = 100, min_time = 1, max_time = 5)]
 fn short_circuit_304(bencher: Bencher, entries: usize) {
-    let mut service = populated(entries);
+    let (mut service, _) = populated(entries);
     let before = INNER_CALLS.load(Ordering::Relaxed);
     let mut rng = Rng(0x1234_5678_9abc_def1);
     bencher
@@ -130,7 +134,7 @@ fn short_circuit_304(bencher: Bencher, entries: usize) {
 /// store's size from the cost of cache misses on a cold entry.
 #[divan::bench(args = [1_000, 100_000, 1_000_000], sample_count = 100, min_time = 1, max_time = 5)]
 fn short_circuit_304_hot_1000(bencher: Bencher, entries: usize) {
-    let mut service = populated(entries);
+    let (mut service, _) = populated(entries);
     let before = INNER_CALLS.load(Ordering::Relaxed);
     let stride = entries / 1000;
     let mut rng = Rng(0x1234_5678_9abc_def1);
@@ -138,6 +142,13 @@ fn short_circuit_304_hot_1000(bencher: Bencher, entries: usize) {
         .with_inputs(|| conditional(rng.below(1000) * stride))
         .bench_local_values(|request| call(&mut service, request));
     assert_eq!(INNER_CALLS.load(Ordering::Relaxed), before);
+}
+
+/// `CacheHandle::stats()` (what a metrics scrape calls) with N entries.
+#[divan::bench(args = [1_000, 100_000, 1_000_000], sample_count = 20, max_time = 3)]
+fn stats(bencher: Bencher, entries: usize) {
+    let (_service, handle) = populated(entries);
+    bencher.bench_local(|| handle.stats());
 }
 
 /// Paths spread over the rules: `/r{j % R}/media/{j}.jpg`.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load comparison on 127.0.0.1: axum without and with MediaCacheLayer (and
 # with the layer and a handler that sends its own content ETag, so nothing
-# is hashed per request), tower-http's ServeDir and nginx, serving the same 200 KB file, 200s and
+# is hashed per request; and a bare handler that answers every request 304,
+# the floor of the Rust stack), tower-http's ServeDir and nginx, serving the same 200 KB file, 200s and
 # 304s, interleaved in one run. See BENCHMARKS.md for the numbers.
 #
 #   bash bench/load.sh                       # 3 rounds of 5 s per contender
@@ -82,7 +83,8 @@ port_layer=$((BASE_PORT + 2))
 port_servedir=$((BASE_PORT + 3))
 port_nginx=$((BASE_PORT + 4))
 port_layer_etag=$((BASE_PORT + 5))
-all_ports=("$port_plain" "$port_layer" "$port_servedir" "$port_nginx" "$port_layer_etag")
+port_handler_304=$((BASE_PORT + 6))
+all_ports=("$port_plain" "$port_layer" "$port_servedir" "$port_nginx" "$port_layer_etag" "$port_handler_304")
 for port in "${all_ports[@]}"; do
   if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
     echo "port $port is already in use; set BASE_PORT" >&2
@@ -120,7 +122,7 @@ CONF
 
 "${server_pin[@]}" "$NGINX" -p "$tmp" -e "$tmp/nginx-error.log" -c "$tmp/nginx.conf" &
 pids+=($!)
-for mode in plain layer layer-etag servedir; do
+for mode in plain layer layer-etag handler-304 servedir; do
   port_var=port_${mode//-/_}
   "${server_pin[@]}" "$SERVER" "$mode" "127.0.0.1:${!port_var}" "$tmp/media/media.jpg" &
   pids+=($!)
@@ -172,6 +174,7 @@ contenders=(
   "servedir-200|$port_servedir|"
   "nginx-200|$port_nginx|"
   "layer-304|$port_layer|$etag_layer"
+  "handler-304|$port_handler_304|$etag_layer"
   "servedir-304|$port_servedir|$etag_servedir"
   "nginx-304|$port_nginx|$etag_nginx"
 )
@@ -259,6 +262,8 @@ ratios=$(
   ratio 'layer-200 / servedir-200' layer-200 servedir-200
   ratio 'layer-200 / nginx-200' layer-200 nginx-200
   ratio 'layer-304 / nginx-304' layer-304 nginx-304
+  ratio 'layer-304 / handler-304 (short-circuit vs a handler that only answers 304)' layer-304 handler-304
+  ratio 'handler-304 / nginx-304 (the Rust stack alone)' handler-304 nginx-304
   ratio 'layer-304 / servedir-304' layer-304 servedir-304
   ratio 'layer-304 / layer-200' layer-304 layer-200
   ratio 'servedir-200 / plain-200' servedir-200 plain-200

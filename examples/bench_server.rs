@@ -17,6 +17,9 @@
 //!   computed once at startup, so the layer has nothing to hash (what the
 //!   layer costs apart from hashing; the advice for bytes served from
 //!   memory).
+//! * `handler-304`: no layer; the handler answers every request `304` with
+//!   the headers the layer's short-circuit sends (the floor of the
+//!   axum/hyper/Tokio stack for a 304, to compare the layer's 304s with).
 //! * `servedir`: tower-http's `ServeDir` on the file's folder (reads the
 //!   file on every request; its own `ETag` and `Last-Modified`).
 //!
@@ -26,15 +29,15 @@
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::header::{CONTENT_TYPE, ETAG};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::routing::get;
 use bytes::Bytes;
 use tower_http::services::ServeDir;
 use tower_media_cache::{CachePolicy, MediaCacheLayer, content_etag};
 
 fn usage() -> ! {
-    eprintln!("usage: bench_server plain|layer|layer-etag|servedir ADDR FILE");
+    eprintln!("usage: bench_server plain|layer|layer-etag|handler-304|servedir ADDR FILE");
     std::process::exit(2);
 }
 
@@ -54,6 +57,7 @@ fn main() {
         "plain" => in_memory(&file, false),
         "layer" => in_memory(&file, false).layer(layer),
         "layer-etag" => in_memory(&file, true).layer(layer),
+        "handler-304" => not_modified(&file),
         "servedir" => {
             let dir = file.parent().expect("FILE has a parent folder").to_owned();
             Router::new().fallback_service(ServeDir::new(dir))
@@ -96,6 +100,29 @@ fn in_memory(file: &std::path::Path, etag: bool) -> Router {
                     headers.insert(ETAG, etag);
                 }
                 (headers, bytes)
+            }
+        }),
+    )
+}
+
+/// `/{file name}` always answered `304` with the file's content ETag and the
+/// `Cache-Control` the `layer` mode sends.
+fn not_modified(file: &std::path::Path) -> Router {
+    let bytes = std::fs::read(file).expect("read FILE");
+    let etag = content_etag(&bytes).header_value().clone();
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("FILE has a UTF-8 name");
+    Router::new().route(
+        &format!("/{name}"),
+        get(move || {
+            let etag = etag.clone();
+            async move {
+                let mut headers = HeaderMap::new();
+                headers.insert(ETAG, etag);
+                headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=86400"));
+                (StatusCode::NOT_MODIFIED, headers)
             }
         }),
     )

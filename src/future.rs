@@ -667,9 +667,13 @@ impl Ctx {
         let Some(vary) = store::vary_names(headers) else {
             return;
         };
+        let mut stored = build::not_modified_headers(headers);
+        // Hold the place of `Date`, so that the 304 answered from this entry
+        // replaces it in the copied map instead of growing the map.
+        stored.insert(http::header::DATE, build::date_value(self.now));
         let entry = Entry {
             validators: self.validators.clone(),
-            headers: build::not_modified_headers(headers),
+            headers: stored,
             trusted_until: store::trusted_until(
                 self.trust,
                 self.directives.reuse_lifetime(),

@@ -98,8 +98,14 @@ impl EntityTag {
     /// Builds the strong tag for a 128-bit content hash: 32 lowercase hex
     /// digits, most significant first.
     pub(crate) fn from_hash(hash: u128) -> Self {
-        let value = HeaderValue::try_from(format!("\"{hash:032x}\""))
-            .expect("hex digits and quotes are a valid header value");
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [b'"'; 34];
+        for (i, byte) in hash.to_be_bytes().into_iter().enumerate() {
+            text[1 + 2 * i] = HEX[usize::from(byte >> 4)];
+            text[2 + 2 * i] = HEX[usize::from(byte & 0x0f)];
+        }
+        let value =
+            HeaderValue::from_bytes(&text).expect("hex digits and quotes are a valid header value");
         Self { value, weak: false }
     }
 

@@ -20,7 +20,8 @@
 use std::time::SystemTime;
 
 use http::header::{
-    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+    AUTHORIZATION, COOKIE, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
+    IF_UNMODIFIED_SINCE, RANGE,
 };
 use http::{HeaderMap, Method};
 
@@ -38,12 +39,49 @@ pub enum Precondition {
     Failed,
 }
 
-/// Whether a request carries any precondition evaluated by [`evaluate`].
-pub(crate) fn has_preconditions(headers: &HeaderMap) -> bool {
-    headers.contains_key(IF_MATCH)
-        || headers.contains_key(IF_NONE_MATCH)
-        || headers.contains_key(IF_MODIFIED_SINCE)
-        || headers.contains_key(IF_UNMODIFIED_SINCE)
+/// Which of the fields the layer acts on a request carries, found in one
+/// pass over its header names (cheaper than a hash lookup per field).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Present {
+    pub(crate) if_match: bool,
+    pub(crate) if_none_match: bool,
+    pub(crate) if_modified_since: bool,
+    pub(crate) if_unmodified_since: bool,
+    pub(crate) range: bool,
+    pub(crate) if_range: bool,
+    pub(crate) credentials: bool,
+}
+
+impl Present {
+    pub(crate) fn scan(headers: &HeaderMap) -> Self {
+        let mut present = Self::default();
+        for name in headers.keys() {
+            let flag = if name == IF_MATCH {
+                &mut present.if_match
+            } else if name == IF_NONE_MATCH {
+                &mut present.if_none_match
+            } else if name == IF_MODIFIED_SINCE {
+                &mut present.if_modified_since
+            } else if name == IF_UNMODIFIED_SINCE {
+                &mut present.if_unmodified_since
+            } else if name == RANGE {
+                &mut present.range
+            } else if name == IF_RANGE {
+                &mut present.if_range
+            } else if name == AUTHORIZATION || name == COOKIE {
+                &mut present.credentials
+            } else {
+                continue;
+            };
+            *flag = true;
+        }
+        present
+    }
+
+    /// Whether any precondition evaluated by [`evaluate`] is present.
+    pub(crate) fn any_precondition(&self) -> bool {
+        self.if_match || self.if_none_match || self.if_modified_since || self.if_unmodified_since
+    }
 }
 
 /// `If-Match`, RFC 9110 §13.1.1.
@@ -160,15 +198,25 @@ pub fn if_range(field: &HeaderMap, current: &Validators, now: SystemTime) -> boo
 /// without preconditions would be a 2xx (§13.2.1): the middleware never turns
 /// an error or a redirect into a 304 or 412.
 pub fn evaluate(method: &Method, field: &HeaderMap, current: &Validators) -> Precondition {
-    if field.contains_key(IF_MATCH) {
+    evaluate_present(method, field, current, Present::scan(field))
+}
+
+/// [`evaluate`] for a request whose fields were already scanned.
+pub(crate) fn evaluate_present(
+    method: &Method,
+    field: &HeaderMap,
+    current: &Validators,
+    present: Present,
+) -> Precondition {
+    if present.if_match {
         if !if_match(field, current) {
             return Precondition::Failed;
         }
-    } else if field.contains_key(IF_UNMODIFIED_SINCE) && !if_unmodified_since(field, current) {
+    } else if present.if_unmodified_since && !if_unmodified_since(field, current) {
         return Precondition::Failed;
     }
     let get_or_head = method == Method::GET || method == Method::HEAD;
-    if field.contains_key(IF_NONE_MATCH) {
+    if present.if_none_match {
         if !if_none_match(field, current) {
             return if get_or_head {
                 Precondition::NotModified
@@ -176,10 +224,7 @@ pub fn evaluate(method: &Method, field: &HeaderMap, current: &Validators) -> Pre
                 Precondition::Failed
             };
         }
-    } else if get_or_head
-        && field.contains_key(IF_MODIFIED_SINCE)
-        && !if_modified_since(field, current)
-    {
+    } else if get_or_head && present.if_modified_since && !if_modified_since(field, current) {
         return Precondition::NotModified;
     }
     Precondition::Proceed

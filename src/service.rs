@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{AUTHORIZATION, COOKIE, IF_RANGE, RANGE};
+use http::header::RANGE;
 use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -10,7 +10,7 @@ use crate::body::ResponseBody;
 use crate::fingerprint::Fingerprint;
 use crate::future::{Ctx, ResponseFuture};
 use crate::layer::Config;
-use crate::preconditions::{self, Precondition};
+use crate::preconditions::{self, Precondition, Present};
 use crate::rules::RouteMatch;
 use crate::store;
 
@@ -86,15 +86,14 @@ where
         let method = request.method().clone();
         let headers = request.headers();
 
-        // Classify.
-        let credentials = headers.contains_key(AUTHORIZATION) || headers.contains_key(COOKIE);
-        let store_allowed = !credentials || policy.is_public();
+        // Classify, in one pass over the header names.
+        let present = Present::scan(headers);
+        let store_allowed = !present.credentials || policy.is_public();
         // RFC 9110 §13.2.1: preconditions are ignored for CONNECT, OPTIONS
         // and TRACE.
         let conditional = !matches!(method, Method::CONNECT | Method::OPTIONS | Method::TRACE)
-            && preconditions::has_preconditions(headers);
-        let ranged =
-            method == Method::GET && headers.contains_key(RANGE) && headers.contains_key(IF_RANGE);
+            && present.any_precondition();
+        let ranged = method == Method::GET && present.range && present.if_range;
         let key = store::key_of(request.uri());
         let entry = if store_allowed && (conditional || ranged || method == Method::HEAD) {
             config
@@ -109,7 +108,8 @@ where
             && let Some(entry) = entry.as_ref().filter(|e| e.is_trusted(now))
         {
             if conditional {
-                match preconditions::evaluate(&method, headers, &entry.validators) {
+                match preconditions::evaluate_present(&method, headers, &entry.validators, present)
+                {
                     Precondition::NotModified => {
                         return ResponseFuture::ready(Ctx::short_circuit_not_modified(
                             config, entry, key, now,

@@ -204,6 +204,14 @@ impl<B: Body> Buffered<B> {
         }
     }
 
+    /// Makes sure `total` bytes are held against `budget` for this body,
+    /// reserving only what is not held yet; `false` (nothing more reserved)
+    /// when the budget cannot give it.
+    pub(crate) fn reserve_to(&mut self, budget: &Arc<Budget>, total: u64) -> bool {
+        let held = self.reservation.as_ref().map_or(0, |r| r.bytes);
+        total <= held || budget.grow(&mut self.reservation, total - held)
+    }
+
     /// Whether the whole body was read without error: the chunks are the
     /// complete representation.
     pub(crate) fn is_complete(&self) -> bool {

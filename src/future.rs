@@ -140,10 +140,10 @@ where
                         Plan::Finish => State::Ready {
                             response: Some(ctx.finish(head, Source::Stream(body))),
                         },
-                        Plan::Buffer { hash } => State::Buffering {
+                        Plan::Buffer { hash, buffered } => State::Buffering {
                             head: Some(head),
                             body: Some(Box::pin(body)),
-                            buffered: Some(Buffered::new()),
+                            buffered: Some(buffered),
                             hasher: hash.then(ContentHasher::new),
                         },
                     }
@@ -177,9 +177,13 @@ where
 }
 
 /// What to do once the inner service's head is in.
-enum Plan {
+enum Plan<B: Body> {
     Finish,
-    Buffer { hash: bool },
+    /// Read the body first; `buffered` may already hold its budget.
+    Buffer {
+        hash: bool,
+        buffered: Buffered<B>,
+    },
 }
 
 /// The body as the layer holds it when it decides the answer.
@@ -370,7 +374,7 @@ impl Ctx {
 
     /// Apply policy and validators to the inner service's head, and decide
     /// whether the body must be read before answering.
-    fn plan<B: Body>(&mut self, head: &mut response::Parts, body: &B) -> Plan {
+    fn plan<B: Body>(&mut self, head: &mut response::Parts, body: &B) -> Plan<B> {
         let config = self.config.clone();
         let status = head.status;
         if !self.is_safe() {
@@ -429,10 +433,27 @@ impl Ctx {
                 || self.fingerprint.is_some();
             let want_range = self.request_headers.contains_key(RANGE);
             if want_hash || want_range {
-                if body.size_hint().lower() <= config.max_buffer {
-                    return Plan::Buffer { hash: want_hash };
-                }
-                if want_hash {
+                let hint = body.size_hint();
+                if hint.lower() <= config.max_buffer {
+                    let mut buffered = Buffered::new();
+                    // A body of known length takes its whole share of the
+                    // budget at once, or none: under load the first comers
+                    // complete instead of every body holding a part and
+                    // none finishing.
+                    match hint.exact() {
+                        Some(len) if !buffered.reserve_to(&config.budget, len) => {
+                            if want_hash {
+                                self.count_unhashed(true);
+                            }
+                        }
+                        _ => {
+                            return Plan::Buffer {
+                                hash: want_hash,
+                                buffered,
+                            };
+                        }
+                    }
+                } else if want_hash {
                     self.count_unhashed(false);
                 }
             }
@@ -493,8 +514,8 @@ impl Ctx {
                         let bytes = data.copy_to_bytes(data.remaining());
                         let len = bytes.len() as u64;
                         let within_limit = buffered.len + len <= self.config.max_buffer;
-                        let granted =
-                            within_limit && self.config.budget.grow(&mut buffered.reservation, len);
+                        let granted = within_limit
+                            && buffered.reserve_to(&self.config.budget, buffered.len + len);
                         if let Some(hasher) = hasher.as_deref_mut() {
                             hasher.update(&bytes);
                         }

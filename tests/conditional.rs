@@ -338,3 +338,26 @@ async fn excluded_routes_pass_untouched() {
     assert_eq!(answer.header("cache-control"), None);
     assert_eq!(layer.handle().stats().learned, 0);
 }
+
+#[tokio::test]
+async fn a_body_of_known_length_takes_its_whole_budget_share_or_streams_unhashed() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let body: &'static [u8] = &[42u8; 80];
+    let layer = three_days().buffer_budget(100);
+    let service = Origin::new(Content::ok(body)).wrap(&layer);
+    // The first answer holds 80 bytes of the budget until its body is read.
+    let first = service.clone().oneshot(req(get("/a"))).await.unwrap();
+    assert!(first.headers().contains_key("etag"));
+    // 20 bytes are left: the second body does not start buffering at all.
+    let second = service.clone().oneshot(req(get("/b"))).await.unwrap();
+    assert!(!second.headers().contains_key("etag"));
+    assert_eq!(second.into_body().collect().await.unwrap().to_bytes(), body);
+    let stats = layer.handle().stats();
+    assert_eq!((stats.hashed, stats.buffer_budget_exhausted), (1, 1));
+    // Reading the first body gives its share back.
+    assert_eq!(first.into_body().collect().await.unwrap().to_bytes(), body);
+    let third = send(&service, req(get("/c"))).await;
+    assert!(third.header("etag").is_some());
+}

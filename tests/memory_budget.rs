@@ -43,11 +43,38 @@ fn expected(id: u64, offset: usize, len: usize) -> Vec<u8> {
     bytes[skip..skip + len].to_vec()
 }
 
-type Chunks = StreamBody<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + Unpin>>;
+type Frames = StreamBody<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + Unpin>>;
+
+pin_project_lite::pin_project! {
+    /// The chunks of one body, announcing their total length (as a body
+    /// with `Content-Length` does) or not (as a chunked one).
+    struct Chunks {
+        #[pin]
+        frames: Frames,
+        len: Option<u64>,
+    }
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.project().frames.poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.len
+            .map_or_else(http_body::SizeHint::new, http_body::SizeHint::with_exact)
+    }
+}
 
 /// A body of `len` bytes made one 64 KiB chunk at a time, yielding to the
 /// runtime before each one (as a body read from disk or a socket would).
-fn body(id: u64, len: usize) -> Chunks {
+fn body(id: u64, len: usize, known_length: bool) -> Chunks {
     let chunks = stream::unfold(0usize, move |offset| async move {
         if offset >= len {
             return None;
@@ -57,15 +84,25 @@ fn body(id: u64, len: usize) -> Chunks {
         let chunk = Bytes::from(expected(id, offset, n));
         Some((Ok(Frame::data(chunk)), offset + n))
     });
-    StreamBody::new(Box::new(Box::pin(chunks)))
+    Chunks {
+        frames: StreamBody::new(Box::new(Box::pin(chunks))),
+        len: known_length.then_some(len as u64),
+    }
 }
 
-/// `/{id}/{len}` answers 200 with `len` bytes of pattern `id`.
+/// `/{id}/{len}` answers 200 with `len` bytes of pattern `id`; the length is
+/// announced unless the query is `?chunked`.
 fn inner(request: Request<()>) -> std::future::Ready<Result<Response<Chunks>, Infallible>> {
     let mut parts = request.uri().path()[1..].split('/');
     let id: u64 = parts.next().unwrap().parse().unwrap();
     let len: usize = parts.next().unwrap().parse().unwrap();
-    std::future::ready(Ok(Response::new(body(id, len))))
+    let known_length = request.uri().query() != Some("chunked");
+    std::future::ready(Ok(Response::new(body(id, len, known_length))))
+}
+
+fn uri(id: u64, len: usize, known_length: bool) -> String {
+    let query = if known_length { "" } else { "?chunked" };
+    format!("/{id}/{len}{query}")
 }
 
 /// Reads a body to the end, checking every byte and dropping each chunk as
@@ -109,37 +146,46 @@ fn policy() -> CachePolicy {
 /// Budget 1 MiB; four 512 KiB responses received one after the other and
 /// held open: the first ones fill the budget, the later ones stream through
 /// unhashed, and every body is intact. Once all are read the budget is free
-/// again.
+/// again. For bodies of known length and for chunked ones.
 #[tokio::test]
 async fn budget_exhaustion_streams_the_rest_unhashed() {
-    let layer = MediaCacheLayer::new(policy()).buffer_budget(MIB as u64);
-    let handle = layer.handle();
-    let service = layer.layer(service_fn(inner));
-    let len = 512 * KIB;
+    for known_length in [true, false] {
+        let layer = MediaCacheLayer::new(policy()).buffer_budget(MIB as u64);
+        let handle = layer.handle();
+        let service = layer.layer(service_fn(inner));
+        let len = 512 * KIB;
 
-    let mut held = Vec::new();
-    for id in 0..4u64 {
-        let request = Request::get(format!("/{id}/{len}")).body(()).unwrap();
-        held.push((id, service.clone().oneshot(request).await.unwrap()));
+        let mut held = Vec::new();
+        for id in 0..4u64 {
+            let request = Request::get(uri(id, len, known_length)).body(()).unwrap();
+            held.push((id, service.clone().oneshot(request).await.unwrap()));
+        }
+        let stats = handle.stats();
+        assert!(stats.hashed >= 1, "{known_length} {stats:?}");
+        assert!(
+            stats.buffer_budget_exhausted >= 1,
+            "{known_length} {stats:?}"
+        );
+        assert_eq!(
+            stats.hashed + stats.streamed_unhashed,
+            4,
+            "{known_length} {stats:?}"
+        );
+
+        let mut with_etag = 0;
+        for (id, response) in held {
+            with_etag += u64::from(consume(id, len, response).await);
+        }
+        assert_eq!(with_etag, stats.hashed);
+
+        // Everything was read and dropped: the budget is whole again.
+        let request = Request::get(uri(9, len, known_length)).body(()).unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert!(consume(9, len, response).await);
+        let after = handle.stats();
+        assert_eq!(after.hashed, stats.hashed + 1, "{after:?}");
+        assert_eq!(after.buffer_budget_exhausted, stats.buffer_budget_exhausted);
     }
-    let stats = handle.stats();
-    assert!(stats.hashed >= 1, "{stats:?}");
-    assert!(stats.buffer_budget_exhausted >= 1, "{stats:?}");
-    assert_eq!(stats.hashed + stats.streamed_unhashed, 4, "{stats:?}");
-
-    let mut with_etag = 0;
-    for (id, response) in held {
-        with_etag += u64::from(consume(id, len, response).await);
-    }
-    assert_eq!(with_etag, stats.hashed);
-
-    // Everything was read and dropped: the budget is whole again.
-    let request = Request::get(format!("/9/{len}")).body(()).unwrap();
-    let response = service.clone().oneshot(request).await.unwrap();
-    assert!(consume(9, len, response).await);
-    let after = handle.stats();
-    assert_eq!(after.hashed, stats.hashed + 1, "{after:?}");
-    assert_eq!(after.buffer_budget_exhausted, stats.buffer_budget_exhausted);
 }
 
 /// A size field of `/proc/self/status` (`VmHWM:` is the peak resident set,
@@ -163,7 +209,9 @@ fn proc_status_kib(field: &str) -> u64 {
 /// every body arrives intact. `MEMORY_BUDGET_MIB` overrides the budget
 /// (for example 2048 to see what the same load costs when nothing caps it);
 /// `MEMORY_STAGGER_US` starts request `i` after `i` times that many
-/// microseconds instead of all at once.
+/// microseconds instead of all at once; `MEMORY_CHUNKED=1` sends the bodies
+/// without announcing their length (by default they announce it, as media
+/// with `Content-Length` does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "memory demonstration: run alone with --release -- --ignored --nocapture"]
 async fn concurrent_large_bodies_stay_within_the_budget() {
@@ -174,6 +222,7 @@ async fn concurrent_large_bodies_stay_within_the_budget() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
     let budget = budget_mib * MIB as u64;
+    let known_length = std::env::var("MEMORY_CHUNKED").map_or(true, |v| v != "1");
     let stagger_us: u64 = std::env::var("MEMORY_STAGGER_US")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -192,7 +241,7 @@ async fn concurrent_large_bodies_stay_within_the_budget() {
                 if stagger_us > 0 {
                     tokio::time::sleep(Duration::from_micros(id * stagger_us)).await;
                 }
-                let request = Request::get(format!("/{id}/{LEN}")).body(()).unwrap();
+                let request = Request::get(uri(id, LEN, known_length)).body(()).unwrap();
                 let response = service.oneshot(request).await.unwrap();
                 consume(id, LEN, response).await
             })
@@ -211,6 +260,14 @@ async fn concurrent_large_bodies_stay_within_the_budget() {
         "{RESPONSES} concurrent responses of {} MiB ({} MiB in all) in {elapsed:.2?}",
         LEN / MIB,
         RESPONSES as usize * LEN / MIB
+    );
+    println!(
+        "requests started {stagger_us} µs apart; bodies {}",
+        if known_length {
+            "of known length"
+        } else {
+            "chunked (length unknown)"
+        }
     );
     println!(
         "buffer budget {budget_mib} MiB; limit checked: budget + 64 MiB = {} MiB",

@@ -26,7 +26,7 @@
 //!
 //! let bytes = b"jpeg bytes";
 //! let url = fingerprinted_path("/media/AAAA.jpg", bytes);
-//! assert_eq!(url, "/media/AAAA.9e7c8fd2e7b9a9b6.jpg");
+//! assert_eq!(url, "/media/AAAA.95aa5e73279a52c2.jpg");
 //! ```
 
 use crate::headers::EntityTag;

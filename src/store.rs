@@ -82,7 +82,7 @@ fn lock(mutex: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
 }
 
 fn stripe_of(key: &str) -> usize {
-    (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % EPOCH_STRIPES as u64) as usize
+    (twox_hash::XxHash3_64::oneshot(key.as_bytes()) % EPOCH_STRIPES as u64) as usize
 }
 
 /// The invalidation epochs a request started in; see [`Store::epoch`].

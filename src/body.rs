@@ -31,16 +31,21 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B: Body> {
         Stream { #[pin] body: B },
-        Chunks {
-            chunks: VecDeque<Bytes>,
-            remaining: u64,
-            rest: Option<Pin<Box<B>>>,
-            error: Option<B::Error>,
-            trailers: Option<HeaderMap>,
-            reservation: Option<Reservation>,
-        },
+        // Boxed so that the body of every other response stays as small as
+        // the inner body.
+        Chunks { replay: Box<Replay<B>> },
         Empty,
     }
+}
+
+/// Buffered chunks being replayed, then what the inner body had left.
+struct Replay<B: Body> {
+    chunks: VecDeque<Bytes>,
+    remaining: u64,
+    rest: Option<Pin<Box<B>>>,
+    error: Option<B::Error>,
+    trailers: Option<HeaderMap>,
+    reservation: Option<Reservation>,
 }
 
 impl<B: Body> ResponseBody<B> {
@@ -60,12 +65,14 @@ impl<B: Body> ResponseBody<B> {
         let remaining = buffered.chunks.iter().map(|c| c.len() as u64).sum();
         Self {
             kind: Kind::Chunks {
-                chunks: buffered.chunks,
-                remaining,
-                rest: buffered.rest,
-                error: buffered.error,
-                trailers: buffered.trailers,
-                reservation: buffered.reservation,
+                replay: Box::new(Replay {
+                    chunks: buffered.chunks,
+                    remaining,
+                    rest: buffered.rest,
+                    error: buffered.error,
+                    trailers: buffered.trailers,
+                    reservation: buffered.reservation,
+                }),
             },
         }
     }
@@ -98,14 +105,15 @@ impl<B: Body> Body for ResponseBody<B> {
             KindProj::Stream { body } => {
                 Poll::Ready(ready!(body.poll_frame(cx)).map(|r| r.map(to_bytes)))
             }
-            KindProj::Chunks {
-                chunks,
-                remaining,
-                rest,
-                error,
-                trailers,
-                reservation,
-            } => {
+            KindProj::Chunks { replay } => {
+                let Replay {
+                    chunks,
+                    remaining,
+                    rest,
+                    error,
+                    trailers,
+                    reservation,
+                } = &mut **replay;
                 if let Some(chunk) = chunks.pop_front() {
                     *remaining -= chunk.len() as u64;
                     if chunks.is_empty() {
@@ -133,13 +141,14 @@ impl<B: Body> Body for ResponseBody<B> {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Stream { body } => body.is_end_stream(),
-            Kind::Chunks {
-                chunks,
-                rest,
-                error,
-                trailers,
-                ..
-            } => {
+            Kind::Chunks { replay } => {
+                let Replay {
+                    chunks,
+                    rest,
+                    error,
+                    trailers,
+                    ..
+                } = &**replay;
                 chunks.is_empty()
                     && rest.as_ref().is_none_or(|b| b.is_end_stream())
                     && error.is_none()
@@ -152,27 +161,22 @@ impl<B: Body> Body for ResponseBody<B> {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Stream { body } => body.size_hint(),
-            Kind::Chunks {
-                remaining,
-                rest,
-                error,
-                ..
-            } => match rest {
+            Kind::Chunks { replay } => match &replay.rest {
                 // A pending error must not look like the end of a complete
                 // body: no exact length, so the server cannot frame the
                 // bytes before the error as a whole response.
-                None if error.is_some() => {
+                None if replay.error.is_some() => {
                     let mut hint = SizeHint::new();
-                    hint.set_lower(*remaining);
+                    hint.set_lower(replay.remaining);
                     hint
                 }
-                None => SizeHint::with_exact(*remaining),
+                None => SizeHint::with_exact(replay.remaining),
                 Some(body) => {
                     let inner = body.size_hint();
                     let mut hint = SizeHint::new();
-                    hint.set_lower(inner.lower().saturating_add(*remaining));
+                    hint.set_lower(inner.lower().saturating_add(replay.remaining));
                     if let Some(upper) = inner.upper() {
-                        hint.set_upper(upper.saturating_add(*remaining));
+                        hint.set_upper(upper.saturating_add(replay.remaining));
                     }
                     hint
                 }

@@ -33,7 +33,10 @@ pin_project! {
     pub struct ResponseFuture<F, B: Body> {
         #[pin]
         state: State<F, B>,
-        ctx: Option<Ctx>,
+        // Boxed, with the buffering state: a future answered at once (a
+        // short-circuit) stays small, which matters where it is boxed per
+        // request (axum routes).
+        ctx: Option<Box<Ctx>>,
     }
 }
 
@@ -44,12 +47,7 @@ pin_project! {
         Passthrough { #[pin] future: F },
         Probing { probe: ProbeFuture, call: Option<Call<F>> },
         Inner { #[pin] future: F },
-        Buffering {
-            head: Option<response::Parts>,
-            body: Option<Pin<Box<B>>>,
-            buffered: Option<Buffered<B>>,
-            hasher: Option<ContentHasher>,
-        },
+        Buffering { reading: Option<Box<Reading<B>>> },
     }
 }
 
@@ -79,7 +77,7 @@ impl<F, B: Body> ResponseFuture<F, B> {
     pub(crate) fn inner(future: F, ctx: Ctx) -> Self {
         Self {
             state: State::Inner { future },
-            ctx: Some(ctx),
+            ctx: Some(Box::new(ctx)),
         }
     }
 
@@ -89,7 +87,7 @@ impl<F, B: Body> ResponseFuture<F, B> {
                 probe,
                 call: Some(call),
             },
-            ctx: Some(ctx),
+            ctx: Some(Box::new(ctx)),
         }
     }
 }
@@ -141,39 +139,53 @@ where
                             response: Some(ctx.finish(head, Source::Stream(body))),
                         },
                         Plan::Buffer { hash, buffered } => State::Buffering {
-                            head: Some(head),
-                            body: Some(Box::pin(body)),
-                            buffered: Some(buffered),
-                            hasher: hash.then(ContentHasher::new),
+                            reading: Some(Box::new(Reading {
+                                head,
+                                body: Some(Box::pin(body)),
+                                buffered,
+                                hasher: hash.then(ContentHasher::new),
+                            })),
                         },
                     }
                 }
-                StateProj::Buffering {
-                    head,
-                    body,
-                    buffered,
-                    hasher,
-                } => {
+                StateProj::Buffering { reading } => {
                     let ctx = this.ctx.as_mut().expect("context present while buffering");
-                    let buf = buffered.as_mut().expect("buffer present while buffering");
-                    ready!(ctx.poll_buffer(cx, body, buf, hasher.as_mut()));
-                    let buf = buffered.take().expect("buffer present while buffering");
-                    let mut head = head.take().expect("head present while buffering");
-                    let hash = match hasher.take() {
-                        Some(hasher) if buf.is_complete() => {
+                    let state = reading.as_mut().expect("reading state present");
+                    ready!(ctx.poll_buffer(
+                        cx,
+                        &mut state.body,
+                        &mut state.buffered,
+                        state.hasher.as_mut()
+                    ));
+                    let Reading {
+                        mut head,
+                        buffered,
+                        hasher,
+                        ..
+                    } = *reading.take().expect("reading state present");
+                    let hash = match hasher {
+                        Some(hasher) if buffered.is_complete() => {
                             Some(ctx.content_etag(&mut head, hasher))
                         }
                         _ => None,
                     };
                     ctx.settle_fingerprint(&mut head.headers, hash.as_ref());
                     State::Ready {
-                        response: Some(ctx.finish(head, Source::Buffered(buf))),
+                        response: Some(ctx.finish(head, Source::Buffered(buffered))),
                     }
                 }
             };
             this.state.set(next);
         }
     }
+}
+
+/// A response whose body the layer is reading before it answers.
+struct Reading<B: Body> {
+    head: response::Parts,
+    body: Option<Pin<Box<B>>>,
+    buffered: Buffered<B>,
+    hasher: Option<ContentHasher>,
 }
 
 /// What to do once the inner service's head is in.

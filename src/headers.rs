@@ -245,13 +245,45 @@ pub(crate) enum TagList {
 /// Classifies an entity-tag list field (RFC 9110 §13.1.1, §13.1.2):
 /// `"*"` counts as the wildcard only when it is the whole field value of a
 /// single field line.
-pub(crate) fn tag_list_kind(values: GetAll<'_, HeaderValue>) -> TagList {
+pub(crate) fn tag_list_kind(values: &GetAll<'_, HeaderValue>) -> TagList {
     let mut iter = values.iter();
     match (iter.next(), iter.next()) {
         (None, _) => TagList::Absent,
         (Some(only), None) if trim_ows(only.as_bytes()) == b"*" => TagList::Any,
         _ => TagList::Tags,
     }
+}
+
+/// Whether an entity-tag list field names `current`, by weak or strong
+/// comparison (RFC 9110 §8.8.3.2). The usual revalidation — one line
+/// holding exactly the current tag — is one byte comparison; anything else
+/// is a full [`any_tag`] scan.
+pub(crate) fn list_names(
+    values: &GetAll<'_, HeaderValue>,
+    current: &EntityTag,
+    weak: bool,
+) -> bool {
+    let mut iter = values.iter();
+    if let (Some(only), None) = (iter.next(), iter.next()) {
+        let sent = trim_ows(only.as_bytes());
+        let ours = current.header_value().as_bytes();
+        let same = if weak {
+            sent.strip_prefix(b"W/").unwrap_or(sent) == ours.strip_prefix(b"W/").unwrap_or(ours)
+        } else {
+            !current.is_weak() && sent == ours
+        };
+        if same {
+            return true;
+        }
+    }
+    let current = current.as_ref();
+    any_tag(values, |tag| {
+        if weak {
+            tag.weak_eq(current)
+        } else {
+            tag.strong_eq(current)
+        }
+    })
 }
 
 /// Calls `found` for each well-formed entity tag of a `#entity-tag` list
@@ -424,6 +456,31 @@ mod tests {
     }
 
     #[test]
+    fn the_single_tag_fast_path_agrees_with_the_comparison_functions() {
+        let strong: EntityTag = "\"x\"".parse().unwrap();
+        let weak: EntityTag = "W/\"x\"".parse().unwrap();
+        let mut map = HeaderMap::new();
+        for (sent, current, weak_cmp, expected) in [
+            ("\"x\"", &strong, false, true),
+            (" \"x\"\t", &strong, false, true),
+            ("W/\"x\"", &strong, false, false),
+            ("\"x\"", &weak, false, false),
+            ("W/\"x\"", &strong, true, true),
+            ("\"x\"", &weak, true, true),
+            ("W/W/\"x\"", &strong, true, false),
+            ("\"y\"", &strong, true, false),
+        ] {
+            map.insert(IF_NONE_MATCH, HeaderValue::from_static(sent));
+            let lines = map.get_all(IF_NONE_MATCH);
+            assert_eq!(
+                list_names(&lines, current, weak_cmp),
+                expected,
+                "{sent} {current}"
+            );
+        }
+    }
+
+    #[test]
     fn commas_inside_quotes_belong_to_the_tag() {
         assert_eq!(tags(&["\"a,b\""]), vec![(false, "a,b".into())]);
     }
@@ -432,12 +489,12 @@ mod tests {
     fn star_is_the_wildcard_only_as_the_whole_value() {
         let mut map = HeaderMap::new();
         map.insert(IF_NONE_MATCH, HeaderValue::from_static(" * "));
-        assert_eq!(tag_list_kind(map.get_all(IF_NONE_MATCH)), TagList::Any);
+        assert_eq!(tag_list_kind(&map.get_all(IF_NONE_MATCH)), TagList::Any);
         map.insert(IF_NONE_MATCH, HeaderValue::from_static("*, \"a\""));
-        assert_eq!(tag_list_kind(map.get_all(IF_NONE_MATCH)), TagList::Tags);
+        assert_eq!(tag_list_kind(&map.get_all(IF_NONE_MATCH)), TagList::Tags);
         map.insert(IF_NONE_MATCH, HeaderValue::from_static("*"));
         map.append(IF_NONE_MATCH, HeaderValue::from_static("*"));
-        assert_eq!(tag_list_kind(map.get_all(IF_NONE_MATCH)), TagList::Tags);
+        assert_eq!(tag_list_kind(&map.get_all(IF_NONE_MATCH)), TagList::Tags);
     }
 
     #[test]

@@ -92,15 +92,12 @@ impl Present {
 /// field that does not parse at all is false: a write guarded by a condition
 /// the server cannot read does not proceed.
 pub fn if_match(field: &HeaderMap, current: &Validators) -> bool {
-    match headers::tag_list_kind(field.get_all(IF_MATCH)) {
+    let lines = field.get_all(IF_MATCH);
+    match headers::tag_list_kind(&lines) {
         TagList::Absent | TagList::Any => true,
-        TagList::Tags => {
-            let Some(etag) = current.etag() else {
-                return false;
-            };
-            let etag = etag.as_ref();
-            headers::any_tag(field.get_all(IF_MATCH), |tag| tag.strong_eq(etag))
-        }
+        TagList::Tags => current
+            .etag()
+            .is_some_and(|etag| headers::list_names(&lines, etag, false)),
     }
 }
 
@@ -110,16 +107,13 @@ pub fn if_match(field: &HeaderMap, current: &Validators) -> bool {
 /// matches the current entity tag by **weak** comparison; true otherwise.
 /// Members that are not valid entity tags match nothing.
 pub fn if_none_match(field: &HeaderMap, current: &Validators) -> bool {
-    match headers::tag_list_kind(field.get_all(IF_NONE_MATCH)) {
+    let lines = field.get_all(IF_NONE_MATCH);
+    match headers::tag_list_kind(&lines) {
         TagList::Absent => true,
         TagList::Any => false,
-        TagList::Tags => {
-            let Some(etag) = current.etag() else {
-                return true;
-            };
-            let etag = etag.as_ref();
-            !headers::any_tag(field.get_all(IF_NONE_MATCH), |tag| tag.weak_eq(etag))
-        }
+        TagList::Tags => !current
+            .etag()
+            .is_some_and(|etag| headers::list_names(&lines, etag, true)),
     }
 }
 

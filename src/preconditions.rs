@@ -42,7 +42,9 @@ pub enum Precondition {
 /// Which of the fields the layer acts on a request carries, found in one
 /// pass over its header names (cheaper than a hash lookup per field).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Present {
+pub(crate) struct Present<'a> {
+    /// The first `Host` line, if any.
+    pub(crate) host: Option<&'a http::HeaderValue>,
     pub(crate) if_match: bool,
     pub(crate) if_none_match: bool,
     pub(crate) if_modified_since: bool,
@@ -52,11 +54,14 @@ pub(crate) struct Present {
     pub(crate) credentials: bool,
 }
 
-impl Present {
-    pub(crate) fn scan(headers: &HeaderMap) -> Self {
+impl<'a> Present<'a> {
+    pub(crate) fn scan(headers: &'a HeaderMap) -> Self {
         let mut present = Self::default();
-        for name in headers.keys() {
-            let flag = if name == IF_MATCH {
+        for (name, value) in headers {
+            let flag = if name == http::header::HOST {
+                present.host.get_or_insert(value);
+                continue;
+            } else if name == IF_MATCH {
                 &mut present.if_match
             } else if name == IF_NONE_MATCH {
                 &mut present.if_none_match
@@ -200,7 +205,7 @@ pub(crate) fn evaluate_present(
     method: &Method,
     field: &HeaderMap,
     current: &Validators,
-    present: Present,
+    present: Present<'_>,
 ) -> Precondition {
     if present.if_match {
         if !if_match(field, current) {

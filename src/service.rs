@@ -96,9 +96,11 @@ where
         let ranged = method == Method::GET && present.range && present.if_range;
         let key = store::key_of(request.uri());
         let entry = if store_allowed && (conditional || ranged || method == Method::HEAD) {
-            config
-                .store
-                .lookup(key, store::host_of(request.uri(), headers), headers)
+            let host = match request.uri().authority() {
+                Some(authority) => authority.as_str(),
+                None => present.host.and_then(|h| h.to_str().ok()).unwrap_or(""),
+            };
+            config.store.lookup(key, host, headers)
         } else {
             None
         };

@@ -184,11 +184,20 @@ pub fn index_page(files: &[String]) -> String {
     for name in files {
         let name = escape(name);
         let href = escape(&media_url(&name));
-        html.push_str(&format!("  <li><a href=\"{href}\">{name}</a></li>\n"));
+        // Images are also shown, loaded through their fingerprinted URL.
+        let preview = if name.ends_with(".png") {
+            format!(" <img src=\"{href}\" alt=\"{name}\" width=\"64\" height=\"64\">")
+        } else {
+            String::new()
+        };
+        html.push_str(&format!(
+            "  <li><a href=\"{href}\">{name}</a>{preview}</li>\n"
+        ));
     }
     html.push_str(
         "</ul>\n<h2>Live</h2>\n<p><a href=\"/live/snapshot.svg\">snapshot.svg</a> \
-         (<code>no-cache</code>, changes every 10 seconds)</p>\n</body>\n</html>\n",
+         (<code>no-cache</code>, changes every 10 seconds)</p>\n\
+         <p><img src=\"/live/snapshot.svg\" alt=\"live snapshot\"></p>\n</body>\n</html>\n",
     );
     html
 }

@@ -700,10 +700,11 @@ impl Ctx {
         let Some(vary) = store::vary_names(headers) else {
             return;
         };
-        let mut stored = build::not_modified_headers(headers);
-        // Hold the place of `Date`, so that the 304 answered from this entry
-        // replaces it in the copied map instead of growing the map.
+        // `Date` first: a 304 answered from this entry overwrites it in
+        // place in its copy of the map (no hashing, no growth).
+        let mut stored = HeaderMap::with_capacity(headers.len() + 1);
         stored.insert(http::header::DATE, build::date_value(self.now));
+        stored.extend(build::not_modified_headers(headers));
         let entry = Entry {
             validators: self.validators.clone(),
             headers: stored,

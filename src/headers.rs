@@ -264,17 +264,10 @@ pub(crate) fn list_names(
     weak: bool,
 ) -> bool {
     let mut iter = values.iter();
-    if let (Some(only), None) = (iter.next(), iter.next()) {
-        let sent = trim_ows(only.as_bytes());
-        let ours = current.header_value().as_bytes();
-        let same = if weak {
-            sent.strip_prefix(b"W/").unwrap_or(sent) == ours.strip_prefix(b"W/").unwrap_or(ours)
-        } else {
-            !current.is_weak() && sent == ours
-        };
-        if same {
-            return true;
-        }
+    if let (Some(only), None) = (iter.next(), iter.next())
+        && is_exactly(only, current, weak)
+    {
+        return true;
     }
     let current = current.as_ref();
     any_tag(values, |tag| {
@@ -284,6 +277,19 @@ pub(crate) fn list_names(
             tag.strong_eq(current)
         }
     })
+}
+
+/// Whether a field line is exactly `current` (spaces and tabs around it
+/// allowed; `W/` ignored on both sides for weak comparison): the one-byte-
+/// comparison fast path of [`list_names`]. `false` says nothing about lists.
+pub(crate) fn is_exactly(line: &HeaderValue, current: &EntityTag, weak: bool) -> bool {
+    let sent = trim_ows(line.as_bytes());
+    let ours = current.header_value().as_bytes();
+    if weak {
+        sent.strip_prefix(b"W/").unwrap_or(sent) == ours.strip_prefix(b"W/").unwrap_or(ours)
+    } else {
+        !current.is_weak() && sent == ours
+    }
 }
 
 /// Calls `found` for each well-formed entity tag of a `#entity-tag` list

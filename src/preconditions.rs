@@ -45,6 +45,8 @@ pub enum Precondition {
 pub(crate) struct Present<'a> {
     /// The first `Host` line, if any.
     pub(crate) host: Option<&'a http::HeaderValue>,
+    /// The `If-None-Match` line when there is exactly one.
+    pub(crate) if_none_match_line: Option<&'a http::HeaderValue>,
     pub(crate) if_match: bool,
     pub(crate) if_none_match: bool,
     pub(crate) if_modified_since: bool,
@@ -64,6 +66,7 @@ impl<'a> Present<'a> {
             } else if name == IF_MATCH {
                 &mut present.if_match
             } else if name == IF_NONE_MATCH {
+                present.if_none_match_line = (!present.if_none_match).then_some(value);
                 &mut present.if_none_match
             } else if name == IF_MODIFIED_SINCE {
                 &mut present.if_modified_since
@@ -216,7 +219,12 @@ pub(crate) fn evaluate_present(
     }
     let get_or_head = method == Method::GET || method == Method::HEAD;
     if present.if_none_match {
-        if !if_none_match(field, current) {
+        // The usual revalidation: one line naming exactly the current tag.
+        let named = present
+            .if_none_match_line
+            .zip(current.etag())
+            .is_some_and(|(line, etag)| headers::is_exactly(line, etag, true));
+        if named || !if_none_match(field, current) {
             return if get_or_head {
                 Precondition::NotModified
             } else {

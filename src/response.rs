@@ -64,7 +64,13 @@ pub(crate) fn not_modified<B>(
     now: SystemTime,
     body: B,
 ) -> Response<B> {
-    headers.insert(DATE, date_value(now));
+    let date = date_value(now);
+    match headers.iter_mut().next() {
+        Some((name, value)) if name == DATE => *value = date,
+        _ => {
+            headers.insert(DATE, date);
+        }
+    }
     if let Some(after) = expires_after {
         headers.insert(
             EXPIRES,

@@ -233,6 +233,9 @@ pub(crate) struct Ctx {
     validators: Validators,
     first_seen: Option<HttpDate>,
     fingerprint: Option<Fingerprint>,
+    /// With `authoritative`: the request had `Range` and `If-Range`, hidden
+    /// from the service unless something verified `If-Range`.
+    unverified_if_range: bool,
 }
 
 impl Ctx {
@@ -263,7 +266,12 @@ impl Ctx {
             validators: Validators::new(),
             first_seen: None,
             fingerprint: None,
+            unverified_if_range: false,
         }
+    }
+
+    pub(crate) fn set_unverified_if_range(&mut self, ranged: bool) {
+        self.unverified_if_range = ranged;
     }
 
     pub(crate) fn set_fingerprint(&mut self, fingerprint: Fingerprint) {
@@ -327,7 +335,8 @@ impl Ctx {
             .probes
             .fetch_add(1, Ordering::Relaxed);
         let Some(current) = current.filter(|v| !v.is_empty()) else {
-            return Err(false);
+            // Unknown: a range the service would cut unchecked is not sent.
+            return Err(self.unverified_if_range);
         };
         match preconditions::evaluate(&self.method, &self.request_headers, &current) {
             Precondition::NotModified => {
@@ -416,6 +425,21 @@ impl Ctx {
         self.synthesize_last_modified = policy.synthesizes_last_modified();
         self.store_allowed = self.store_allowed || policy.is_public();
         self.directives = Directives::parse(&head.headers);
+
+        if self.config.authoritative {
+            // The service's tag is not the content's: the layer's replaces
+            // it (a hash for a 200 to GET, the trusted entry's otherwise).
+            head.headers.remove(ETAG);
+            if status == StatusCode::PARTIAL_CONTENT
+                && let Some(etag) = self
+                    .entry
+                    .as_ref()
+                    .filter(|e| e.is_trusted(self.now))
+                    .and_then(|e| e.validators.etag())
+            {
+                head.headers.insert(ETAG, etag.header_value().clone());
+            }
+        }
 
         if let Some(repaired) = head
             .headers

@@ -29,6 +29,8 @@ pub(crate) struct Config {
     pub(crate) clock: Clock,
     /// `Some` when fingerprinted URLs are on: the policy for verified ones.
     pub(crate) fingerprints: Option<CachePolicy>,
+    /// The layer is the only authority on validators.
+    pub(crate) authoritative: bool,
 }
 
 /// [`Layer`] that makes a service cache-friendly for media fetchers: adds
@@ -75,6 +77,7 @@ impl MediaCacheLayer {
                 store: Arc::new(Store::new(DEFAULT_STORE_CAPACITY)),
                 clock: Arc::new(SystemTime::now),
                 fingerprints: None,
+                authoritative: false,
             }),
         }
     }
@@ -173,6 +176,41 @@ impl MediaCacheLayer {
                 .immutable()
                 .override_existing(),
         );
+        self
+    }
+
+    /// Makes the layer the only authority on validators, for services that
+    /// make entity tags of their own from file metadata (tower-http's
+    /// `ServeDir`, an nginx upstream): such tags differ between replicas and
+    /// change on every deploy, while the content ETag does not.
+    ///
+    /// For `GET` and `HEAD`:
+    ///
+    /// * the service's `ETag` is replaced by the content ETag (its
+    ///   `Last-Modified` is kept);
+    /// * `If-Match`, `If-None-Match`, `If-Modified-Since`,
+    ///   `If-Unmodified-Since` and `If-Range` are hidden from the service, so
+    ///   it always produces the unconditional answer, and the layer evaluates
+    ///   them against the content ETag;
+    /// * `Range` is passed on when there is no `If-Range`, or when the layer
+    ///   verified `If-Range` against a trusted entry or a probe; otherwise it
+    ///   is hidden too, and the layer cuts the range from the full answer
+    ///   itself once it has checked `If-Range` against the content (for
+    ///   bodies within [`max_buffer_bytes`](Self::max_buffer_bytes)). A `206`
+    ///   the service sends carries the trusted entry's content ETag, or none.
+    ///
+    /// ```
+    /// use tower_media_cache::{CachePolicy, MediaCacheLayer};
+    /// # let serve_dir = tower::service_fn(|_: http::Request<()>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+    /// # });
+    /// let service = tower::ServiceBuilder::new()
+    ///     .layer(MediaCacheLayer::new(CachePolicy::no_cache()).authoritative())
+    ///     .service(serve_dir);
+    /// # let _ = service;
+    /// ```
+    pub fn authoritative(mut self) -> Self {
+        self.config().authoritative = true;
         self
     }
 

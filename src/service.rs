@@ -1,7 +1,9 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::RANGE;
+use http::header::{
+    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+};
 use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -95,7 +97,11 @@ where
             && present.any_precondition();
         let ranged = method == Method::GET && present.range && present.if_range;
         let key = store::key_of(request.uri());
-        let entry = if store_allowed && (conditional || ranged || method == Method::HEAD) {
+        let needs_entry = conditional
+            || ranged
+            || method == Method::HEAD
+            || (config.authoritative && present.range);
+        let entry = if store_allowed && needs_entry {
             let host = match request.uri().authority() {
                 Some(authority) => authority.as_str(),
                 None => present.host.and_then(|h| h.to_str().ok()).unwrap_or(""),
@@ -135,6 +141,7 @@ where
             }
         }
 
+        let entry_trusted = entry.as_ref().is_some_and(|e| e.is_trusted(now));
         let mut ctx = Ctx::new(
             self.config.clone(),
             &request,
@@ -153,6 +160,29 @@ where
                 *request.uri_mut() = plain;
             }
             ctx.set_fingerprint(fingerprint);
+        }
+
+        // The layer alone judges validators: the service answers as if the
+        // request were unconditional (the context kept the fields).
+        if config.authoritative && (method == Method::GET || method == Method::HEAD) {
+            let headers = request.headers_mut();
+            for name in [
+                IF_MATCH,
+                IF_NONE_MATCH,
+                IF_MODIFIED_SINCE,
+                IF_UNMODIFIED_SINCE,
+                IF_RANGE,
+            ] {
+                headers.remove(name);
+            }
+            // A range is only passed on unconditionally, or once `If-Range`
+            // was checked against a trusted entry (above) or will be against
+            // the probe (below); else the layer cuts it from the full answer.
+            let checked = (store_allowed && policy.probe_ref().is_some()) || entry_trusted;
+            if ranged && !checked {
+                headers.remove(RANGE);
+            }
+            ctx.set_unverified_if_range(ranged);
         }
 
         // Ask the probe instead of the inner service.

@@ -283,7 +283,7 @@ impl Ctx {
     }
 
     fn host(&self) -> &str {
-        store::host_of(&self.uri, &self.request_headers)
+        store::host_of(&self.uri, self.request_headers.get(http::header::HOST))
     }
 
     /// A 304 from a trusted store entry, without calling the inner service.

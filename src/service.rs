@@ -102,10 +102,7 @@ where
             || method == Method::HEAD
             || (config.authoritative && present.range);
         let entry = if store_allowed && needs_entry {
-            let host = match request.uri().authority() {
-                Some(authority) => authority.as_str(),
-                None => present.host.and_then(|h| h.to_str().ok()).unwrap_or(""),
-            };
+            let host = store::host_of(request.uri(), present.host);
             config.store.lookup(key, host, headers)
         } else {
             None

@@ -526,14 +526,10 @@ pub(crate) fn key_of(uri: &Uri) -> &str {
 
 /// The authority a request targets: the URI's (HTTP/2, absolute-form) or the
 /// `Host` field's. Compared case-insensitively.
-pub(crate) fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
+pub(crate) fn host_of<'a>(uri: &'a Uri, host_header: Option<&'a http::HeaderValue>) -> &'a str {
     uri.authority()
         .map(|a| a.as_str())
-        .or_else(|| {
-            headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
+        .or_else(|| host_header.and_then(|h| h.to_str().ok()))
         .unwrap_or("")
 }
 

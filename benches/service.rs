@@ -87,7 +87,8 @@ fn populated(
 ) {
     // Room to spare: quick_cache splits its capacity over shards, and a
     // shard that fills up evicts even when the whole store has room.
-    let layer = MediaCacheLayer::new(policy()).store_capacity(entries * 2);
+    // An entry of this benchmark weighs under 1 KiB.
+    let layer = MediaCacheLayer::new(policy()).store_capacity_bytes(entries as u64 * 2048);
     let handle = layer.handle();
     let mut service = layer.layer(service_fn(inner));
     for i in 0..entries {

@@ -11,6 +11,11 @@
 //! revalidations. `tower::ServiceBuilder` stacks the layer,
 //! `hyper_util::service::TowerToHyperService` hands the tower service to
 //! hyper's HTTP/1 connection.
+//!
+//! The layer needs a request body type with an empty value (`Default`), to
+//! send the service an internal `GET` before a conditional write: hyper's
+//! `Incoming` has none, so the request body is boxed first
+//! (`BoxBody::new`), one line in the stack.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,6 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::server::conn::http1;
@@ -45,7 +51,9 @@ pub fn noise() -> Bytes {
 }
 
 /// The application: no caching logic at all.
-async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    request: Request<BoxBody<Bytes, hyper::Error>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, content_type, body) = match request.uri().path() {
         "/" => (
             StatusCode::OK,
@@ -76,6 +84,7 @@ async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
 /// waits for the open connections to finish.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let service = ServiceBuilder::new()
+        .map_request(|request: Request<Incoming>| request.map(BoxBody::new))
         .layer(MediaCacheLayer::new(
             CachePolicy::max_age(Duration::from_secs(3600)).public(),
         ))

@@ -181,7 +181,13 @@ impl<B: Body> Body for ResponseBody<B> {
                     hint
                 }
             },
-            Kind::Empty => SizeHint::with_exact(0),
+            // No exact length: the layer's empty bodies belong to 304, 412
+            // and 416 answers, whose `Content-Length` (if any) describes the
+            // representation, not this body. An exact 0 here makes servers and
+            // frameworks (axum) write `Content-Length: 0`, which on a 304 to
+            // HEAD contradicts the 200's length (RFC 9110 §8.6); the end of
+            // the body is told by `is_end_stream` instead.
+            Kind::Empty => SizeHint::new(),
         }
     }
 }
@@ -325,12 +331,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stream_and_empty_report_exact_sizes() {
+    async fn a_stream_reports_its_exact_size_and_an_empty_answer_only_its_end() {
         let body = ResponseBody::stream(Full::new(Bytes::from_static(b"hello")));
         assert_eq!(body.size_hint().exact(), Some(5));
         assert!(!body.is_end_stream());
+        // The body of a 304/412/416: ended, but no exact length that a
+        // server would turn into `Content-Length: 0` (RFC 9110 §8.6).
         let empty = ResponseBody::<Full<Bytes>>::empty();
         assert!(empty.is_end_stream());
-        assert_eq!(empty.size_hint().exact(), Some(0));
+        assert_eq!(empty.size_hint().exact(), None);
+        assert_eq!(empty.size_hint().lower(), 0);
+        assert!(empty.collect().await.unwrap().to_bytes().is_empty());
     }
 }

@@ -13,10 +13,13 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, response};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tokio::sync::OwnedMutexGuard;
 
 use crate::body::{Buffered, ResponseBody};
 use crate::fingerprint::Fingerprint;
 use crate::headers::{EntityTag, HttpDate};
+use crate::inner::Pending;
+use crate::key::{Key, Selecting};
 use crate::layer::Config;
 use crate::policy::{CachePolicy, Directives, ProbeFuture, Trust};
 use crate::preconditions::{self, Precondition};
@@ -26,7 +29,10 @@ use crate::rules::RouteMatch;
 use crate::store::{self, Entry, Found};
 use crate::validators::{self, ContentHasher, Validators};
 
-type Call<F> = Box<dyn FnOnce(bool) -> F + Send>;
+/// The inner service and the request, waiting for the future to call.
+type Held<F> = Box<dyn Pending<F>>;
+/// The turn of a conditional write: see [`Store::write_lock`](crate::store::Store::write_lock).
+pub(crate) type WriteTurn = Pin<Box<dyn Future<Output = OwnedMutexGuard<()>> + Send>>;
 
 pin_project! {
     /// Response future of [`MediaCache`](crate::MediaCache).
@@ -43,10 +49,25 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, B: Body> {
+        // The answer is known.
         Ready { response: Option<Response<ResponseBody<B>>> },
+        // An excluded route: the inner future, untouched.
         Passthrough { #[pin] future: F },
-        Probing { probe: ProbeFuture, call: Option<Call<F>> },
+        // A conditional write waits for the writes before it to the same
+        // resource; then it is judged against a trusted entry, the probe
+        // (if any), or an internal GET.
+        WaitingTurn { turn: WriteTurn, probe: Option<ProbeFuture>, held: Option<Held<F>> },
+        // The probe tells the current validators.
+        Probing { probe: ProbeFuture, held: Option<Held<F>> },
+        // The internal GET that learns a write's current validators.
+        Fetching { #[pin] future: F, held: Option<Held<F>> },
+        // Its body, hashed and dropped.
+        Draining { fetched: Option<Box<Fetched<B>>>, held: Option<Held<F>> },
+        // The request goes to the inner service once it is ready.
+        Calling { held: Option<Held<F>>, strip_range: bool },
+        // The inner service is answering.
         Inner { #[pin] future: F },
+        // Its body is read (and hashed) before the head is sent.
         Buffering { reading: Option<Box<Reading<B>>> },
     }
 }
@@ -81,11 +102,27 @@ impl<F, B: Body> ResponseFuture<F, B> {
         }
     }
 
-    pub(crate) fn probing(probe: ProbeFuture, call: Call<F>, ctx: Ctx) -> Self {
+    pub(crate) fn probing(probe: ProbeFuture, held: Held<F>, ctx: Ctx) -> Self {
         Self {
             state: State::Probing {
                 probe,
-                call: Some(call),
+                held: Some(held),
+            },
+            ctx: Some(Box::new(ctx)),
+        }
+    }
+
+    pub(crate) fn conditional_write(
+        turn: WriteTurn,
+        probe: Option<ProbeFuture>,
+        held: Held<F>,
+        ctx: Ctx,
+    ) -> Self {
+        Self {
+            state: State::WaitingTurn {
+                turn,
+                probe,
+                held: Some(held),
             },
             ctx: Some(Box::new(ctx)),
         }
@@ -113,19 +150,71 @@ where
                     let response = ready!(future.poll(cx))?;
                     return Poll::Ready(Ok(response.map(ResponseBody::stream)));
                 }
-                StateProj::Probing { probe, call } => {
+                StateProj::WaitingTurn { turn, probe, held } => {
+                    let guard = ready!(turn.as_mut().poll(cx));
+                    let ctx = this.ctx.as_mut().expect("context present for a write");
+                    ctx.write_turn = Some(guard);
+                    ctx.look_up_again();
+                    let held = held.take();
+                    match (
+                        ctx.trusted_entry().map(|e| e.validators.clone()),
+                        probe.take(),
+                    ) {
+                        (Some(current), _) => ctx.judge_write(Current::Exists(current), held),
+                        (None, Some(probe)) => State::Probing { probe, held },
+                        (None, None) => {
+                            let mut held = held.expect("request held until called");
+                            ctx.count(|c| &c.validator_fetches);
+                            State::Fetching {
+                                future: held.fetch(),
+                                held: Some(held),
+                            }
+                        }
+                    }
+                }
+                StateProj::Probing { probe, held } => {
                     let validators = ready!(probe.as_mut().poll(cx));
                     let ctx = this.ctx.as_mut().expect("context present while probing");
                     match ctx.after_probe(validators) {
                         Ok(response) => State::Ready {
                             response: Some(response),
                         },
-                        Err(strip_range) => {
-                            let call = call.take().expect("inner service called once");
-                            State::Inner {
-                                future: call(strip_range),
-                            }
-                        }
+                        Err(strip_range) => State::Calling {
+                            held: held.take(),
+                            strip_range,
+                        },
+                    }
+                }
+                StateProj::Fetching { future, held } => {
+                    let ctx = this.ctx.as_mut().expect("context present for a write");
+                    let held = held.take();
+                    match ready!(future.poll(cx)) {
+                        // The service could not say: it judges the write.
+                        Err(_) => ctx.judge_write(Current::Unknown, held),
+                        Ok(response) => match ctx.fetched(response) {
+                            Ok(current) => ctx.judge_write(current, held),
+                            Err(fetched) => State::Draining {
+                                fetched: Some(fetched),
+                                held,
+                            },
+                        },
+                    }
+                }
+                StateProj::Draining { fetched, held } => {
+                    let state = fetched.as_mut().expect("fetched body present");
+                    let current = ready!(state.poll_drain(cx));
+                    let ctx = this.ctx.as_mut().expect("context present for a write");
+                    ctx.judge_write(current, held.take())
+                }
+                StateProj::Calling { held, strip_range } => {
+                    let pending = held.as_mut().expect("request held until called");
+                    if let Err(output) = ready!(pending.poll_ready(cx)) {
+                        // The service failed to become ready: its error is
+                        // the answer.
+                        return Poll::Ready(output.map(|r| r.map(ResponseBody::stream)));
+                    }
+                    State::Inner {
+                        future: pending.send(*strip_range),
                     }
                 }
                 StateProj::Inner { future } => {
@@ -180,6 +269,52 @@ where
     }
 }
 
+/// What the layer knows of a write's target before the write runs.
+pub(crate) enum Current {
+    /// A current representation with these validators.
+    Exists(Validators),
+    /// No current representation: the service answers `GET` with 404/410.
+    Absent,
+    /// The service did not say (another status, an error): the write goes
+    /// to the service with its preconditions, for it to judge.
+    Unknown,
+}
+
+/// The body of an internal `GET`, hashed as it is read and dropped.
+pub(crate) struct Fetched<B> {
+    body: Pin<Box<B>>,
+    validators: Validators,
+    hasher: ContentHasher,
+}
+
+impl<B: Body> Fetched<B> {
+    /// Reads to the end; the content ETag completes the validators. A body
+    /// error leaves them unknown.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<Current> {
+        loop {
+            match ready!(self.body.as_mut().poll_frame(cx)) {
+                None => {
+                    let validators = std::mem::take(&mut self.validators);
+                    return Poll::Ready(Current::Exists(
+                        validators.with_etag(self.hasher.finish()),
+                    ));
+                }
+                Some(Err(_)) => return Poll::Ready(Current::Unknown),
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            let len = chunk.len();
+                            self.hasher.update(chunk);
+                            data.advance(len);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A response whose body the layer is reading before it answers.
 struct Reading<B: Body> {
     head: response::Parts,
@@ -221,7 +356,12 @@ pub(crate) struct Ctx {
     uri: Uri,
     request_headers: HeaderMap,
     now: SystemTime,
+    /// The request's path group in the store.
+    key: Key,
     epoch: store::Epoch,
+    /// Held by a conditional write from its judgement until the service has
+    /// answered it (and its invalidation ran): see [`WriteTurn`].
+    write_turn: Option<OwnedMutexGuard<()>>,
     store_allowed: bool,
     entry: Option<Found>,
     // Decided from the response.
@@ -247,7 +387,8 @@ impl Ctx {
         store_allowed: bool,
         entry: Option<Found>,
     ) -> Self {
-        let epoch = config.store.epoch(store::key_of(request.uri()));
+        let key = Key::of(request.uri());
+        let epoch = config.store.epoch(key);
         Self {
             config,
             method: request.method().clone(),
@@ -255,7 +396,9 @@ impl Ctx {
             uri: request.uri().clone(),
             request_headers: request.headers().clone(),
             now,
+            key,
             epoch,
+            write_turn: None,
             store_allowed,
             entry,
             pass: false,
@@ -279,11 +422,102 @@ impl Ctx {
     }
 
     fn key(&self) -> &str {
-        store::key_of(&self.uri)
+        self.uri.path()
     }
 
-    fn host(&self) -> &str {
-        store::host_of(&self.uri, self.request_headers.get(http::header::HOST))
+    /// The request as the store selects variants by.
+    fn selecting(&self) -> Selecting<'_> {
+        Selecting {
+            uri: &self.uri,
+            headers: &self.request_headers,
+            forwarded: self.config.forwarded_host,
+        }
+    }
+
+    fn count(&self, counter: impl Fn(&store::Counters) -> &std::sync::atomic::AtomicU64) {
+        counter(&self.config.store.counters).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The entry found in `call`, when it may answer without the service
+    /// now. Trust is re-read at each use on purpose: an invalidation bus can
+    /// disconnect between the lookup and the answer, and nothing learned
+    /// before that may be used after it.
+    fn trusted_entry(&self) -> Option<&Found> {
+        self.entry
+            .as_ref()
+            .filter(|entry| entry.is_trusted(self.now))
+    }
+
+    /// Looks the entry up again: a write that waited for its turn must see
+    /// what the writes before it left (they invalidated what `call` found).
+    fn look_up_again(&mut self) {
+        self.entry = if self.store_allowed {
+            self.config.store.lookup(self.key, self.selecting())
+        } else {
+            None
+        };
+    }
+
+    /// The answer to an internal `GET`: validators it carries, or its body
+    /// to hash, or what its status says.
+    fn fetched<B: Body>(&self, response: Response<B>) -> Result<Current, Box<Fetched<B>>> {
+        let (mut head, body) = response.into_parts();
+        if head.status == StatusCode::NOT_FOUND || head.status == StatusCode::GONE {
+            return Ok(Current::Absent);
+        }
+        if !head.status.is_success() {
+            return Ok(Current::Unknown);
+        }
+        if self.config.authoritative {
+            head.headers.remove(ETAG);
+        } else if let Some(repaired) = head
+            .headers
+            .get(ETAG)
+            .and_then(validators::repair_unquoted_etag)
+        {
+            head.headers.insert(ETAG, repaired);
+        }
+        let validators = Validators::from_headers(&head.headers);
+        if validators.etag().is_some() {
+            return Ok(Current::Exists(validators));
+        }
+        Err(Box::new(Fetched {
+            body: Box::pin(body),
+            validators,
+            hasher: ContentHasher::new(),
+        }))
+    }
+
+    /// Judges a conditional write against what the layer learned of its
+    /// target: 412 without calling the service, or the write goes on (and
+    /// keeps its turn until the service has answered).
+    fn judge_write<F, B: Body>(&mut self, current: Current, held: Option<Held<F>>) -> State<F, B> {
+        let verdict = match &current {
+            Current::Exists(validators) => {
+                preconditions::evaluate(&self.method, &self.request_headers, validators)
+            }
+            Current::Absent => preconditions::evaluate_absent(&self.request_headers),
+            Current::Unknown => Precondition::Proceed,
+        };
+        if verdict == Precondition::Proceed {
+            return State::Calling {
+                held,
+                strip_range: false,
+            };
+        }
+        self.write_turn = None;
+        let validators = match current {
+            Current::Exists(validators) => validators,
+            Current::Absent | Current::Unknown => Validators::new(),
+        };
+        State::Ready {
+            response: Some(Self::short_circuit_failed(
+                &self.config,
+                &validators,
+                self.key(),
+                self.now,
+            )),
+        }
     }
 
     /// A 304 from a trusted store entry, without calling the inner service.
@@ -389,7 +623,9 @@ impl Ctx {
         self.method == Method::GET
     }
 
-    fn is_safe(&self) -> bool {
+    /// `GET` or `HEAD`: the methods whose answers carry a representation's
+    /// validators and policy.
+    fn is_get_or_head(&self) -> bool {
         self.method == Method::GET || self.method == Method::HEAD
     }
 
@@ -398,15 +634,23 @@ impl Ctx {
     fn plan<B: Body>(&mut self, head: &mut response::Parts, body: &B) -> Plan<B> {
         let config = self.config.clone();
         let status = head.status;
-        if !self.is_safe() {
-            if status.is_success() || status.is_redirection() {
-                self.invalidate_after_write(&head.headers);
+        if !self.is_get_or_head() {
+            if preconditions::is_unsafe(&self.method) {
+                if status.is_success() || status.is_redirection() {
+                    self.invalidate_after_write(&head.headers);
+                }
+                if self.method == Method::POST && status.is_success() {
+                    config.store.accept_post(self.route.scope(self.key));
+                }
             }
+            // The write has been answered and its invalidation made: the
+            // next write to the resource may be judged.
+            self.write_turn = None;
             self.pass = true;
             return Plan::Finish;
         }
         if self.is_get() && (status == StatusCode::NOT_FOUND || status == StatusCode::GONE) {
-            config.store.forget(self.key());
+            config.store.forget(self.key);
         }
         let chosen = head.extensions.remove::<CachePolicy>();
         let policy = match &chosen {
@@ -694,15 +938,14 @@ impl Ctx {
             return;
         };
         let now = HttpDate::from_system_time(self.now);
-        let previous = self
-            .config
-            .store
-            .lookup(self.key(), self.host(), &self.request_headers);
+        let previous = self.config.store.lookup(self.key, self.selecting());
         let first_seen = match previous {
             Some(entry) if entry.validators.etag().is_some_and(|e| e.weak_eq(etag)) => {
                 entry.first_seen
             }
-            Some(entry) => now.max(HttpDate::from_secs(entry.first_seen.secs() + 1)),
+            Some(entry) => now.max(HttpDate::from_secs(
+                entry.first_seen.secs().saturating_add(1),
+            )),
             None => now,
         };
         self.validators.set_last_modified_date(first_seen);
@@ -743,35 +986,25 @@ impl Ctx {
                 .or_else(|| self.validators.last_modified_date())
                 .unwrap_or_else(|| HttpDate::from_system_time(self.now)),
         };
-        self.config.store.learn(
-            self.key(),
-            self.host(),
-            &vary,
-            &self.request_headers,
-            entry,
-            self.epoch,
-        );
+        // Refusals are counted and traced by the store.
+        let _ = self
+            .config
+            .store
+            .learn(self.key, self.selecting(), &vary, entry, self.epoch);
     }
 
-    /// A `2xx`/`3xx` answer to an unsafe method invalidates the target URI
-    /// and a same-origin `Location` / `Content-Location`, RFC 9111 §4.4.
+    /// A `2xx`/`3xx` answer to an unsafe method invalidates the target and
+    /// the `Location` / `Content-Location` references on the same host,
+    /// RFC 9111 §4.4.
     fn invalidate_after_write(&self, headers: &HeaderMap) {
         let store = &self.config.store;
-        store.invalidate(self.key());
+        store.invalidate(self.uri.path());
+        let host = crate::key::authority_of(&self.uri, &self.request_headers);
         for name in [LOCATION, CONTENT_LOCATION] {
-            let Some(uri) = headers
-                .get(&name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<Uri>().ok())
-            else {
-                continue;
-            };
-            let same_origin = match uri.authority() {
-                Some(authority) => authority.as_str().eq_ignore_ascii_case(self.host()),
-                None => uri.path().starts_with('/'),
-            };
-            if same_origin {
-                store.invalidate(store::key_of(&uri));
+            for value in headers.get_all(&name) {
+                if let Some(path) = crate::key::same_host_path(value.as_bytes(), &self.uri, host) {
+                    store.invalidate(&path);
+                }
             }
         }
     }

@@ -357,7 +357,10 @@ fn skip_member(bytes: &[u8]) -> &[u8] {
     &[]
 }
 
-/// An HTTP date, RFC 9110 §5.6.7, as whole seconds since the Unix epoch.
+/// An HTTP date, RFC 9110 §5.6.7, as whole seconds since the Unix epoch,
+/// between the epoch and the last second of year 9999 (the largest date an
+/// IMF-fixdate can write): every conversion saturates at those bounds, so no
+/// time from a request, a response or the clock can overflow.
 ///
 /// All three forms are accepted by [`parse_http_date`]: IMF-fixdate
 /// (`Sun, 06 Nov 1994 08:49:37 GMT`), the obsolete RFC 850 form
@@ -366,9 +369,13 @@ fn skip_member(bytes: &[u8]) -> &[u8] {
 pub(crate) struct HttpDate(u64);
 
 impl HttpDate {
-    /// Truncates a time to whole seconds; times before 1970 become the epoch.
+    /// The last second an IMF-fixdate can write: Fri, 31 Dec 9999 23:59:59 GMT.
+    pub(crate) const MAX: Self = Self(253_402_300_799);
+
+    /// Truncates a time to whole seconds; times before 1970 become the epoch,
+    /// times after year 9999 become [`HttpDate::MAX`].
     pub(crate) fn from_system_time(time: SystemTime) -> Self {
-        Self(
+        Self::from_secs(
             time.duration_since(UNIX_EPOCH)
                 .map_or(0, |elapsed| elapsed.as_secs()),
         )
@@ -382,8 +389,9 @@ impl HttpDate {
         self.0
     }
 
+    /// Seconds since the epoch, saturating at [`HttpDate::MAX`].
     pub(crate) fn from_secs(secs: u64) -> Self {
-        Self(secs)
+        Self(secs.min(Self::MAX.0))
     }
 
     /// Renders the date as an IMF-fixdate header value.
@@ -391,6 +399,25 @@ impl HttpDate {
         HeaderValue::try_from(httpdate::fmt_http_date(self.to_system_time()))
             .expect("an IMF-fixdate is a valid header value")
     }
+}
+
+/// `time + by`, or the latest time the platform can represent when that
+/// overflows: lifetimes come from the inner service's `Cache-Control` and
+/// the policy, and may be as large as `u64::MAX` seconds.
+pub(crate) fn add_saturating(time: SystemTime, by: Duration) -> SystemTime {
+    time.checked_add(by).unwrap_or_else(|| {
+        // Halve the step until it fits: ends at the platform's maximum
+        // within 64 steps, whatever its representation.
+        let mut latest = time;
+        let mut step = by;
+        while !step.is_zero() {
+            match latest.checked_add(step) {
+                Some(later) => latest = later,
+                None => step /= 2,
+            }
+        }
+        latest
+    })
 }
 
 /// Parses one HTTP-date field value in any of the three forms of

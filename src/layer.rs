@@ -2,6 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use http::Method;
 use tower_layer::Layer;
 
 use crate::body::Budget;
@@ -14,8 +15,11 @@ use crate::store::{CacheHandle, Store};
 pub const DEFAULT_MAX_BUFFER: u64 = 16 * 1024 * 1024;
 /// Default cap on bytes buffered across all in-flight responses.
 pub const DEFAULT_BUFFER_BUDGET: u64 = 256 * 1024 * 1024;
-/// Default number of variants the validator store keeps.
-pub const DEFAULT_STORE_CAPACITY: usize = 100_000;
+/// Default number of bytes the validator store keeps (64 MiB).
+pub const DEFAULT_STORE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+/// What [`MediaCacheLayer::store_capacity`] used to count: the bytes an
+/// average variant holds, to convert a count of variants into bytes.
+const APPROXIMATE_VARIANT_BYTES: u64 = 1024;
 
 pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
@@ -31,6 +35,25 @@ pub(crate) struct Config {
     pub(crate) fingerprints: Option<CachePolicy>,
     /// The layer is the only authority on validators.
     pub(crate) authoritative: bool,
+    /// `X-Forwarded-Host` and `Forwarded` select store variants.
+    pub(crate) forwarded_host: bool,
+    /// Methods whose failed preconditions the layer answers with 412 alone.
+    pub(crate) write_methods: Vec<Method>,
+    /// Learn the current validators before a conditional write when none is
+    /// trusted.
+    pub(crate) verify_writes: bool,
+}
+
+impl Config {
+    /// Whether a conditional request with this method is a write whose
+    /// failed precondition the layer answers 412 itself (RFC 9110 §13.2.1:
+    /// only when the service would otherwise answer 2xx): a configured
+    /// write method, or a `POST` where the service has answered `POST`s
+    /// with a 2xx (`scope` is the route rule or the path group).
+    pub(crate) fn guards_write(&self, method: &Method, scope: u128) -> bool {
+        self.write_methods.contains(method)
+            || (method == Method::POST && self.store.accepts_post(scope))
+    }
 }
 
 /// [`Layer`] that makes a service cache-friendly for media fetchers: adds
@@ -74,10 +97,13 @@ impl MediaCacheLayer {
                 rules: Rules::new(policy),
                 max_buffer: DEFAULT_MAX_BUFFER,
                 budget: Budget::new(DEFAULT_BUFFER_BUDGET),
-                store: Arc::new(Store::new(DEFAULT_STORE_CAPACITY)),
+                store: Arc::new(Store::new(DEFAULT_STORE_CAPACITY_BYTES)),
                 clock: Arc::new(SystemTime::now),
                 fingerprints: None,
                 authoritative: false,
+                forwarded_host: false,
+                write_methods: vec![Method::PUT, Method::PATCH, Method::DELETE],
+                verify_writes: true,
             }),
         }
     }
@@ -137,18 +163,83 @@ impl MediaCacheLayer {
         self
     }
 
-    /// How many variants the validator store keeps (default 100 000). Least
-    /// recently and least frequently used entries are evicted first. When a
-    /// handle, a clone of the layer or a bus already shares the store, it is
-    /// resized in place (the bound is then enforced per shard, so it is
-    /// approximate for small capacities) and they keep working.
-    pub fn store_capacity(mut self, variants: usize) -> Self {
+    /// How many bytes the validator store keeps (default 64 MiB): everything
+    /// an entry holds counts — the path and query, the authority, the values
+    /// of `Vary`'d fields, the stored 304 header set. Least recently and
+    /// least frequently used entries are evicted first. A request whose
+    /// selector is over 8 KiB, or an entry over 64 KiB, is not learned at all
+    /// ([`Stats::not_learned_too_large`](crate::Stats::not_learned_too_large)).
+    ///
+    /// When a handle, a clone of the layer or a bus already shares the
+    /// store, it is resized in place (the bound is then enforced per shard,
+    /// so it is approximate for small capacities) and they keep working.
+    pub fn store_capacity_bytes(mut self, bytes: u64) -> Self {
         let config = self.config();
         if Arc::strong_count(&config.store) == 1 && Arc::weak_count(&config.store) == 0 {
-            config.store = Arc::new(Store::new(variants));
+            config.store = Arc::new(Store::new(bytes));
         } else {
-            config.store.set_capacity(variants);
+            config.store.set_capacity(bytes);
         }
+        self
+    }
+
+    /// The store's capacity as a number of variants of about 1 KiB each.
+    #[deprecated(
+        since = "0.2.0",
+        note = "the store is bounded in bytes: use `store_capacity_bytes`"
+    )]
+    pub fn store_capacity(self, variants: usize) -> Self {
+        self.store_capacity_bytes((variants as u64).saturating_mul(APPROXIMATE_VARIANT_BYTES))
+    }
+
+    /// Tells store variants apart by `X-Forwarded-Host` and `Forwarded` too,
+    /// byte for byte, for applications that route by them (behind a proxy
+    /// that rewrites `Host`). By default they are ignored: one stored
+    /// variant answers requests that differ only in those fields, which is
+    /// right when the service does not read them. `Host` (and the URI's
+    /// authority) always count.
+    pub fn vary_on_forwarded_host(mut self) -> Self {
+        self.config().forwarded_host = true;
+        self
+    }
+
+    /// The methods whose conditional requests the layer treats as writes it
+    /// may refuse with `412` itself (default `PUT`, `PATCH`, `DELETE`). A
+    /// `POST` is treated so where the service has already answered a `POST`
+    /// with a 2xx (under the same route rule, or on the same path when no
+    /// rule matched); list `POST` here to guard it from the start.
+    /// Conditional requests with any other unsafe method go to the service
+    /// with their preconditions, for it to judge: RFC 9110 §13.2.1 says
+    /// preconditions only apply where the service would answer 2xx, and a
+    /// route without that method answers 405.
+    pub fn write_methods<I>(mut self, methods: I) -> Self
+    where
+        I: IntoIterator<Item = Method>,
+    {
+        self.config().write_methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Whether the layer learns the current validators before a conditional
+    /// write when it holds no trusted ones (default `true`).
+    ///
+    /// A write method ([`write_methods`](Self::write_methods)) carrying
+    /// `If-Match`, `If-Unmodified-Since` or `If-None-Match` is judged against
+    /// a trusted store entry, else the policy's probe, else the answer to an
+    /// internal `GET` of the same URL (same headers without the
+    /// preconditions and the write's body fields; its body is hashed and
+    /// dropped, never buffered): **one extra call of the service per
+    /// conditional write on a resource the store does not trust**. A `404` or
+    /// `410` means no current representation (`If-Match` fails,
+    /// `If-None-Match: *` holds); any other non-2xx leaves the write to the
+    /// service. Conditional writes to one resource are serialised, so of
+    /// concurrent writes carrying the same `If-Match` exactly one runs.
+    ///
+    /// With `false`, a conditional write is judged before the service only
+    /// when a trusted entry or a probe knows the validators; otherwise it
+    /// goes to the service, which must evaluate the preconditions itself.
+    pub fn verify_conditional_writes(mut self, verify: bool) -> Self {
+        self.config().verify_writes = verify;
         self
     }
 

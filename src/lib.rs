@@ -54,6 +54,8 @@ pub mod bus;
 pub mod fingerprint;
 mod future;
 mod headers;
+mod inner;
+mod key;
 mod layer;
 mod policy;
 pub mod preconditions;
@@ -72,7 +74,7 @@ pub use fingerprint::{fingerprint_with, fingerprinted_path};
 pub use future::ResponseFuture;
 pub use headers::{EntityTag, InvalidEntityTag};
 pub use layer::{
-    DEFAULT_BUFFER_BUDGET, DEFAULT_MAX_BUFFER, DEFAULT_STORE_CAPACITY, MediaCacheLayer,
+    DEFAULT_BUFFER_BUDGET, DEFAULT_MAX_BUFFER, DEFAULT_STORE_CAPACITY_BYTES, MediaCacheLayer,
 };
 pub use policy::{CachePolicy, Probe, ProbeFuture, Trust};
 pub use range::MAX_RANGES;

@@ -306,7 +306,9 @@ impl CachePolicy {
             return None;
         }
         Some(match self.freshness {
-            Freshness::MaxAge(secs) => now + Duration::from_secs(secs),
+            Freshness::MaxAge(secs) => {
+                crate::headers::add_saturating(now, Duration::from_secs(secs))
+            }
             Freshness::NoCache | Freshness::NoStore => SystemTime::UNIX_EPOCH,
         })
     }
@@ -395,6 +397,20 @@ pub(crate) struct Directives {
     pub(crate) s_maxage: Option<u64>,
 }
 
+/// A `delta-seconds` argument, RFC 9111 §1.2.2: digits only; a value too
+/// large to represent counts as 2^31 seconds (as the RFC says); anything that
+/// is not digits counts as 0 (stale).
+fn delta_seconds(arg: &[u8]) -> u64 {
+    if arg.is_empty() || !arg.iter().all(u8::is_ascii_digit) {
+        return 0;
+    }
+    arg.iter()
+        .try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .unwrap_or(1 << 31)
+}
+
 impl Directives {
     /// Reads the directives of all `Cache-Control` lines (RFC 9111 §5.2).
     /// Names are case-insensitive; an argument that is not a number, or a
@@ -416,10 +432,7 @@ impl Directives {
                         .strip_prefix(b"\"")
                         .and_then(|a| a.strip_suffix(b"\""))
                         .unwrap_or(arg);
-                    std::str::from_utf8(arg)
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .unwrap_or(0)
+                    delta_seconds(arg)
                 };
                 let merge = |slot: &mut Option<u64>, value: u64| {
                     *slot = Some(match *slot {

@@ -237,6 +237,43 @@ pub(crate) fn evaluate_present(
     Precondition::Proceed
 }
 
+/// [`evaluate`] for a target that has **no** current representation (the
+/// service answers `GET` with 404 or 410), RFC 9110 §13.1.1, §13.1.2 and
+/// §13.1.4: `If-Match` is false whatever it lists, `*` included (a write
+/// must not create what the client believed existed); `If-None-Match` is
+/// true whatever it lists, `*` included (nothing exists to match);
+/// `If-Unmodified-Since` is ignored (no modification date is available).
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue, header::{IF_MATCH, IF_NONE_MATCH}};
+/// use tower_media_cache::preconditions::{evaluate_absent, Precondition};
+///
+/// let mut create_only = HeaderMap::new();
+/// create_only.insert(IF_NONE_MATCH, HeaderValue::from_static("*"));
+/// assert_eq!(evaluate_absent(&create_only), Precondition::Proceed);
+///
+/// let mut update_only = HeaderMap::new();
+/// update_only.insert(IF_MATCH, HeaderValue::from_static("*"));
+/// assert_eq!(evaluate_absent(&update_only), Precondition::Failed);
+/// ```
+pub fn evaluate_absent(field: &HeaderMap) -> Precondition {
+    if field.contains_key(IF_MATCH) {
+        Precondition::Failed
+    } else {
+        Precondition::Proceed
+    }
+}
+
+/// Whether a method is unsafe, RFC 9110 §9.2.1: anything but `GET`, `HEAD`,
+/// `OPTIONS` and `TRACE`. Only a successful unsafe request invalidates what
+/// caches stored (RFC 9111 §4.4); a CORS preflight (`OPTIONS`) never does.
+pub(crate) fn is_unsafe(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
 /// Whether a `Range` field is present and `If-Range` allows it; when it is
 /// not allowed the range is dropped and the full representation is sent.
 pub(crate) fn range_allowed(field: &HeaderMap, current: &Validators, now: SystemTime) -> bool {

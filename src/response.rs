@@ -74,7 +74,7 @@ pub(crate) fn not_modified<B>(
     if let Some(after) = expires_after {
         headers.insert(
             EXPIRES,
-            HttpDate::from_system_time(now + after).header_value(),
+            HttpDate::from_system_time(crate::headers::add_saturating(now, after)).header_value(),
         );
     }
     let mut response = Response::new(body);

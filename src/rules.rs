@@ -28,6 +28,19 @@ pub(crate) enum RouteMatch {
     Rule(usize),
 }
 
+impl RouteMatch {
+    /// Where a `POST` the service accepted counts as accepted: the route
+    /// rule when one matched, else the request's path group (without rules,
+    /// one accepting path says nothing of the others).
+    pub(crate) fn scope(self, key: crate::key::Key) -> u128 {
+        const RULE: u128 = 1 << 127;
+        match self {
+            RouteMatch::Rule(index) => RULE | index as u128,
+            RouteMatch::None | RouteMatch::Excluded => key.hash() & !RULE,
+        }
+    }
+}
+
 /// A `Content-Type` pattern: `type/subtype` or `type/*`, case-insensitive.
 #[derive(Debug, Clone)]
 struct MediaRange {

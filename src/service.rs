@@ -10,11 +10,12 @@ use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::fingerprint::Fingerprint;
-use crate::future::{Ctx, ResponseFuture};
+use crate::future::{Ctx, ResponseFuture, WriteTurn};
+use crate::inner::Held;
+use crate::key::{Key, Selecting};
 use crate::layer::Config;
 use crate::preconditions::{self, Precondition, Present};
 use crate::rules::RouteMatch;
-use crate::store;
 
 /// Middleware that adds validators and `Cache-Control` to responses and
 /// answers conditional requests, from its validator store when it may.
@@ -64,7 +65,7 @@ fn with_path(uri: &http::Uri, path_and_query: &str) -> Option<http::Uri> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for MediaCache<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Default + Send + 'static,
     ResBody: Body,
 {
     type Response = Response<ResponseBody<ResBody>>;
@@ -95,15 +96,26 @@ where
         // and TRACE.
         let conditional = !matches!(method, Method::CONNECT | Method::OPTIONS | Method::TRACE)
             && present.any_precondition();
+        let key = Key::of(request.uri());
+        let write = conditional && preconditions::is_unsafe(&method);
+        // A write the layer may refuse with 412 itself (else the service
+        // judges its preconditions: it may not accept the method at all).
+        let guarded = write && config.guards_write(&method, route.scope(key));
+        if write && guarded && config.verify_writes {
+            return self.conditional_write(request, route, now, store_allowed);
+        }
         let ranged = method == Method::GET && present.range && present.if_range;
-        let key = store::key_of(request.uri());
-        let needs_entry = conditional
+        let needs_entry = (conditional && (!write || guarded))
             || ranged
             || method == Method::HEAD
             || (config.authoritative && present.range);
         let entry = if store_allowed && needs_entry {
-            let host = store::host_of(request.uri(), present.host);
-            config.store.lookup(key, host, headers)
+            let selecting = Selecting {
+                uri: request.uri(),
+                headers,
+                forwarded: config.forwarded_host,
+            };
+            config.store.lookup(key, selecting)
         } else {
             None
         };
@@ -112,19 +124,22 @@ where
         if policy.probe_ref().is_none()
             && let Some(entry) = entry.as_ref().filter(|e| e.is_trusted(now))
         {
-            if conditional {
+            if conditional && (!write || guarded) {
                 match preconditions::evaluate_present(&method, headers, &entry.validators, present)
                 {
                     Precondition::NotModified => {
                         return ResponseFuture::ready(Ctx::short_circuit_not_modified(
-                            config, entry, key, now,
+                            config,
+                            entry,
+                            request.uri().path(),
+                            now,
                         ));
                     }
                     Precondition::Failed => {
                         return ResponseFuture::ready(Ctx::short_circuit_failed(
                             config,
                             &entry.validators,
-                            key,
+                            request.uri().path(),
                             now,
                         ));
                     }
@@ -184,26 +199,56 @@ where
 
         // Ask the probe instead of the inner service.
         if store_allowed
-            && (conditional || ranged)
+            && ((conditional && (!write || guarded)) || ranged)
             && let Some(probe) = policy.probe_ref()
         {
             let (parts, body) = request.into_parts();
             let probing = probe.probe(&parts);
             let request = Request::from_parts(parts, body);
-            // The service that was driven to readiness moves into the
-            // future; a clone takes its place (tower-service's pattern).
-            let clone = self.inner.clone();
-            let mut ready = std::mem::replace(&mut self.inner, clone);
-            let call = Box::new(move |strip_range: bool| {
-                let mut request = request;
-                if strip_range {
-                    request.headers_mut().remove(RANGE);
-                }
-                ready.call(request)
-            });
-            return ResponseFuture::probing(probing, call, ctx);
+            return ResponseFuture::probing(probing, self.hold(request), ctx);
         }
 
         ResponseFuture::inner(self.inner.call(request), ctx)
+    }
+}
+
+impl<S: Clone> MediaCache<S> {
+    /// The service that was driven to readiness moves into the future with
+    /// the request; a clone takes its place (tower-service's pattern).
+    fn hold<ReqBody>(&mut self, request: Request<ReqBody>) -> Box<Held<S, ReqBody>> {
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        Box::new(Held::new(ready, request))
+    }
+
+    /// A conditional write the layer guards: it waits for the writes before
+    /// it to the same resource, then is judged against a trusted entry, the
+    /// probe, or an internal `GET` (see
+    /// [`MediaCacheLayer::verify_conditional_writes`](crate::MediaCacheLayer::verify_conditional_writes)).
+    fn conditional_write<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+        route: RouteMatch,
+        now: std::time::SystemTime,
+        store_allowed: bool,
+    ) -> ResponseFuture<S::Future, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+        ReqBody: Default + Send + 'static,
+        ResBody: Body,
+    {
+        let config = self.config.clone();
+        let ctx = Ctx::new(config.clone(), &request, route, now, store_allowed, None);
+        let lock = config.store.write_lock(Key::of(request.uri()));
+        let turn: WriteTurn = Box::pin(lock.lock_owned());
+        let (parts, body) = request.into_parts();
+        let probe = config
+            .rules
+            .request_policy(route)
+            .probe_ref()
+            .filter(|_| store_allowed)
+            .map(|probe| probe.probe(&parts));
+        let request = Request::from_parts(parts, body);
+        ResponseFuture::conditional_write(turn, probe, self.hold(request), ctx)
     }
 }

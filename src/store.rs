@@ -1,12 +1,18 @@
 //! The validator store: what the layer learned from `200` answers, shared by
-//! every clone of the service, bounded, and invalidated by a handle.
+//! every clone of the service, bounded in bytes, and invalidated by a handle
+//! or by writes.
 //!
-//! Entries are keyed by path and query; under a key, each variant is told
-//! apart by its authority (`Host`) and by the request's values of the header
-//! fields the response named in `Vary`. The map itself is a
-//! [`quick_cache`] sharded concurrent cache with eviction, so a lookup costs
-//! one hash-map probe whatever the number of entries.
+//! Resources are grouped by their normalised path ([`Key`]): every spelling
+//! of a path and every query share one group, so a write through any of them
+//! forgets them all (RFC 9111 §4.4 — invalidating more is always safe).
+//! Within a group, each variant is told apart by its exact selector (the
+//! path and query as sent, the authority, the values of the fields the
+//! response named in `Vary`; see [`crate::key`]). The map itself is a
+//! [`quick_cache`] sharded concurrent cache weighted by the bytes each group
+//! holds, so a lookup costs one hash-map probe whatever the number of
+//! entries, and memory stays within the configured capacity.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
@@ -15,13 +21,14 @@ use http::{HeaderMap, HeaderName, Uri};
 
 use crate::bus::{BusLink, Invalidation, InvalidationBus};
 use crate::headers::HttpDate;
+use crate::key::{Key, Selecting, normalize_path};
 use crate::validators::Validators;
 
 /// What the store remembers of one variant of one resource.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) validators: Validators,
-    /// The header fields a 304 must repeat (RFC 9110 §15.4.5), without `Date`.
+    /// The header fields a 304 must repeat (RFC 9110 §15.4.5), `Date` first.
     pub(crate) headers: HeaderMap,
     pub(crate) trusted_until: TrustedUntil,
     /// Re-render `Expires` this long after the 304's `Date`.
@@ -46,43 +53,113 @@ impl Entry {
             TrustedUntil::Invalidated => true,
         }
     }
+
+    /// The bytes this entry holds on the heap and inline, estimated from
+    /// what `HeaderMap` allocates per field.
+    fn weight(&self) -> u64 {
+        let fields: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| FIELD_OVERHEAD + name.as_str().len() + value.len())
+            .sum();
+        let tags = self.validators.etag().map_or(0, |e| e.opaque().len() * 2);
+        (std::mem::size_of::<Self>() + ARC_OVERHEAD + fields + tags) as u64
+    }
 }
+
+/// Bytes a `HeaderMap` spends per field besides the name and value bytes
+/// (its bucket, index slot and `Bytes` handle), rounded up.
+const FIELD_OVERHEAD: usize = 96;
+/// An `Arc`'s counters and the allocator's rounding, rounded up.
+const ARC_OVERHEAD: usize = 32;
 
 #[derive(Debug)]
 struct Variant {
-    host: Box<str>,
-    vary: Box<[(HeaderName, Box<[u8]>)]>,
+    /// The field names the response's `Vary` listed.
+    vary: Box<[HeaderName]>,
+    /// The exact request bytes that select this variant ([`Selecting`]).
+    selector: Box<[u8]>,
     entry: Arc<Entry>,
 }
 
 impl Variant {
-    fn selected_by(&self, host: &str, request: &HeaderMap) -> bool {
-        self.host.eq_ignore_ascii_case(host)
-            && self
-                .vary
-                .iter()
-                .all(|(name, value)| *vary_value(request, name) == **value)
+    fn weight(&self) -> u64 {
+        let names: usize = self.vary.iter().map(|n| n.as_str().len() + 32).sum();
+        (std::mem::size_of::<Self>() + self.selector.len() + names) as u64 + self.entry.weight()
     }
 }
 
 #[derive(Debug)]
 struct Resource {
+    /// The normalised path of the group, for prefix invalidation.
+    path: Box<[u8]>,
     variants: Box<[Variant]>,
+    /// Everything above, in bytes: the resource's weight in the map.
+    weight: u64,
     /// Set when a newer version of this resource replaces it: quick_cache
     /// reports replacements through the same hook as evictions.
-    superseded: std::sync::atomic::AtomicBool,
+    superseded: AtomicBool,
 }
 
-/// How many stripes of keys have an invalidation epoch of their own.
+impl Resource {
+    fn new(path: Box<[u8]>, variants: Vec<Variant>) -> Self {
+        let weight = (std::mem::size_of::<Self>() + ARC_OVERHEAD + path.len()) as u64
+            + variants.iter().map(Variant::weight).sum::<u64>();
+        Self {
+            path,
+            variants: variants.into_boxed_slice(),
+            weight,
+            superseded: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a prefix invalidation (normalised like paths, see
+    /// [`prefix_matches`]) covers this group.
+    fn under(&self, prefix: &[u8]) -> bool {
+        prefix_matches(&self.path, prefix)
+    }
+}
+
+/// Whether the normalised `path` lies under the normalised `prefix`: a
+/// prefix of its bytes, or, for a prefix ending in `/`, the directory itself
+/// or anything below it (normalised paths have no trailing slash).
+fn prefix_matches(path: &[u8], prefix: &[u8]) -> bool {
+    match prefix.strip_suffix(b"/") {
+        Some(dir) if !dir.is_empty() => {
+            path == dir || (path.starts_with(dir) && path.get(dir.len()) == Some(&b'/'))
+        }
+        _ => path.starts_with(prefix),
+    }
+}
+
+/// A prefix normalised like a path, keeping a trailing slash.
+fn normalize_prefix(prefix: &str) -> Vec<u8> {
+    let mut normal = normalize_path(prefix.as_bytes()).into_owned();
+    if prefix.ends_with('/') && normal.last() != Some(&b'/') {
+        normal.push(b'/');
+    }
+    normal
+}
+
+/// How many stripes of groups have an invalidation epoch and a write lock
+/// of their own.
 pub(crate) const EPOCH_STRIPES: usize = 256;
+
+/// At most this many variants (queries × hosts × `Vary` values) are kept
+/// per path group; a resource that varies on, say, `User-Agent` replaces
+/// its oldest variant.
+const MAX_VARIANTS: usize = 32;
+
+/// The longest selector (path and query, authority, `Vary`'d values) the
+/// store learns; requests with longer ones are not learned.
+pub(crate) const MAX_SELECTOR_BYTES: usize = 8 * 1024;
+
+/// The heaviest single entry the store learns (mostly its 304 header set).
+const MAX_ENTRY_BYTES: u64 = 64 * 1024;
 
 fn lock(mutex: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
     // The guarded data is `()`: a panic elsewhere cannot leave it broken.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn stripe_of(key: &str) -> usize {
-    (twox_hash::XxHash3_64::oneshot(key.as_bytes()) % EPOCH_STRIPES as u64) as usize
 }
 
 /// The invalidation epochs a request started in; see [`Store::epoch`].
@@ -93,32 +170,29 @@ pub(crate) struct Epoch {
     global: u64,
 }
 
-/// At most this many variants (hosts × `Vary` values) are kept per URL; a
-/// resource that varies on, say, `User-Agent` replaces its oldest variant.
-const MAX_VARIANTS: usize = 16;
-
 #[derive(Debug, Clone)]
-struct VariantWeight;
+struct ByteWeight;
 
-impl quick_cache::Weighter<Box<str>, Arc<Resource>> for VariantWeight {
-    fn weight(&self, _key: &Box<str>, resource: &Arc<Resource>) -> u64 {
-        resource.variants.len().max(1) as u64
+impl quick_cache::Weighter<u128, Arc<Resource>> for ByteWeight {
+    fn weight(&self, _key: &u128, resource: &Arc<Resource>) -> u64 {
+        resource.weight
     }
 }
 
 #[derive(Debug, Clone)]
 struct CountEvictions(Arc<Counters>);
 
-impl quick_cache::Lifecycle<Box<str>, Arc<Resource>> for CountEvictions {
+impl quick_cache::Lifecycle<u128, Arc<Resource>> for CountEvictions {
     type RequestState = ();
 
-    fn on_evict(&self, _state: &mut (), _key: Box<str>, resource: Arc<Resource>) {
+    fn on_evict(&self, _state: &mut (), _key: u128, resource: Arc<Resource>) {
         if resource.superseded.load(Ordering::Acquire) {
             return;
         }
         self.0
             .evicted
             .fetch_add(resource.variants.len() as u64, Ordering::Relaxed);
+        self.0.count_variants(0, resource.variants.len());
         tracing::debug!(
             variants = resource.variants.len(),
             "validator store evicted"
@@ -127,9 +201,9 @@ impl quick_cache::Lifecycle<Box<str>, Arc<Resource>> for CountEvictions {
 }
 
 type Map = quick_cache::sync::Cache<
-    Box<str>,
+    u128,
     Arc<Resource>,
-    VariantWeight,
+    ByteWeight,
     quick_cache::DefaultHashBuilder,
     CountEvictions,
 >;
@@ -137,12 +211,12 @@ type Map = quick_cache::sync::Cache<
 /// The shared validator store.
 pub(crate) struct Store {
     map: Map,
-    /// Invalidation epochs: one per stripe of keys, bumped by invalidating
-    /// a key of that stripe, and one for the whole store, bumped by prefix
+    /// Invalidation epochs: one per stripe of groups, bumped by invalidating
+    /// a group of that stripe, and one for the whole store, bumped by prefix
     /// invalidations and clears. A learn whose request started before an
-    /// invalidation that covers its key is discarded, so a response
+    /// invalidation that covers its group is discarded, so a response
     /// produced before a write is never learned after the write's
-    /// invalidation — while writes to other keys (most of them, with
+    /// invalidation — while writes to other groups (most of them, with
     /// [`EPOCH_STRIPES`] stripes) do not disturb it.
     epochs: Box<[AtomicU64]>,
     global_epoch: AtomicU64,
@@ -153,6 +227,14 @@ pub(crate) struct Store {
     /// Lookups take neither.
     stripe_locks: Box<[Mutex<()>]>,
     global_lock: RwLock<()>,
+    /// Serialises conditional writes per stripe of groups: of concurrent
+    /// writes carrying the same precondition, one runs and the others see
+    /// its effect (RFC 9110 §13.1.1 "lost update").
+    write_locks: Box<[Arc<tokio::sync::Mutex<()>>]>,
+    /// Routes and paths whose `POST`s the service answered with a 2xx, so
+    /// that a failed precondition on a `POST` there is answered 412 by the
+    /// layer (elsewhere the service may not accept `POST` at all).
+    accepted_posts: Mutex<HashSet<u128>>,
     pub(crate) counters: Arc<Counters>,
     /// The invalidation bus's state: odd while connected (always, without a
     /// bus), even while not; bumped by every change. While disconnected, and
@@ -162,10 +244,16 @@ pub(crate) struct Store {
     bus: OnceLock<(Arc<dyn InvalidationBus>, BusLink)>,
 }
 
+/// At most this many routes and paths are remembered as accepting `POST`;
+/// past it the set starts over (forgetting only makes the layer pass more
+/// `POST`s to the service).
+const MAX_ACCEPTED_POSTS: usize = 4096;
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("entries", &self.map.len())
+            .field("bytes", &self.map.weight())
             .field("epoch", &self.global_epoch.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -225,15 +313,24 @@ impl Found {
     }
 }
 
+/// Why [`Store::learn`] did not store an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotLearned {
+    /// An invalidation covering the group ran while the response was made.
+    Invalidated,
+    /// The selector or the entry is over the size limits.
+    TooLarge,
+}
+
 impl Store {
-    /// A store holding at most `capacity` variants.
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// A store holding at most `capacity` bytes of entries.
+    pub(crate) fn new(capacity: u64) -> Self {
         let counters = Arc::new(Counters::default());
         let capacity = capacity.max(1);
         let map = Map::with(
+            (capacity / 1024).clamp(16, 1 << 20) as usize,
             capacity,
-            capacity as u64,
-            VariantWeight,
+            ByteWeight,
             quick_cache::DefaultHashBuilder::default(),
             CountEvictions(counters.clone()),
         );
@@ -243,6 +340,10 @@ impl Store {
             global_epoch: AtomicU64::new(0),
             stripe_locks: (0..EPOCH_STRIPES).map(|_| Mutex::new(())).collect(),
             global_lock: RwLock::new(()),
+            write_locks: (0..EPOCH_STRIPES)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
+            accepted_posts: Mutex::new(HashSet::new()),
             counters,
             bus_state: Arc::new(AtomicU64::new(1)),
             bus: OnceLock::new(),
@@ -304,8 +405,8 @@ impl Store {
     pub(crate) fn apply_remote(&self, invalidation: &Invalidation) {
         self.counters.bus_received.fetch_add(1, Ordering::Relaxed);
         match invalidation {
-            Invalidation::Key(key) => {
-                self.invalidate_here(key);
+            Invalidation::Key(path) => {
+                self.invalidate_here(Key::of_path(path.as_bytes()));
             }
             Invalidation::Prefix(prefix) => self.invalidate_prefix_here(prefix),
             Invalidation::Clear => self.clear_here(),
@@ -318,15 +419,15 @@ impl Store {
         }
     }
 
-    /// Changes how many variants the store keeps, evicting if it shrinks.
-    pub(crate) fn set_capacity(&self, capacity: usize) {
-        self.map.set_capacity(capacity.max(1) as u64);
+    /// Changes how many bytes the store keeps, evicting if it shrinks.
+    pub(crate) fn set_capacity(&self, bytes: u64) {
+        self.map.set_capacity(bytes.max(1));
     }
 
     /// The invalidation epochs covering `key`, to pass back to
     /// [`Store::learn`].
-    pub(crate) fn epoch(&self, key: &str) -> Epoch {
-        let stripe = stripe_of(key);
+    pub(crate) fn epoch(&self, key: Key) -> Epoch {
+        let stripe = key.stripe(EPOCH_STRIPES);
         Epoch {
             stripe,
             key: self.epochs[stripe].load(Ordering::SeqCst),
@@ -339,8 +440,34 @@ impl Store {
             || self.global_epoch.load(Ordering::SeqCst) != started.global
     }
 
-    /// The variant of `key` that a request with these headers selects.
-    pub(crate) fn lookup(&self, key: &str, host: &str, request: &HeaderMap) -> Option<Found> {
+    /// The lock that serialises conditional writes to `key`'s stripe.
+    pub(crate) fn write_lock(&self, key: Key) -> Arc<tokio::sync::Mutex<()>> {
+        self.write_locks[key.stripe(EPOCH_STRIPES)].clone()
+    }
+
+    /// Records that the service answered a `POST` under `scope` (a route
+    /// rule or a path group, see `service.rs`) with a 2xx.
+    pub(crate) fn accept_post(&self, scope: u128) {
+        let mut accepted = self
+            .accepted_posts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if accepted.len() >= MAX_ACCEPTED_POSTS && !accepted.contains(&scope) {
+            accepted.clear();
+        }
+        accepted.insert(scope);
+    }
+
+    /// Whether [`Store::accept_post`] recorded `scope`.
+    pub(crate) fn accepts_post(&self, scope: u128) -> bool {
+        self.accepted_posts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&scope)
+    }
+
+    /// The variant of `key` that this request selects.
+    pub(crate) fn lookup(&self, key: Key, request: Selecting<'_>) -> Option<Found> {
         // The bus state is read before the map: an entry read after a
         // reconnection's clear began is then never taken for a fresh one.
         let bus = self.bus.get().map(|_| {
@@ -350,11 +477,11 @@ impl Store {
                 self.counters.clone(),
             )
         });
-        let resource = self.map.get(key)?;
+        let resource = self.map.get(&key.hash())?;
         resource
             .variants
             .iter()
-            .find(|variant| variant.selected_by(host, request))
+            .find(|variant| request.matches(&variant.vary, &variant.selector))
             .map(|variant| Found {
                 entry: variant.entry.clone(),
                 bus,
@@ -363,44 +490,51 @@ impl Store {
     }
 
     /// Stores what was learned from a `200`, replacing the variant the
-    /// request selects. `vary` lists the response's `Vary` field names;
-    /// `started` is [`Store::epoch`] read when the request arrived.
+    /// request selects (and every variant learned under another `Vary`: the
+    /// resource changed how it varies). `vary` lists the response's `Vary`
+    /// field names; `started` is [`Store::epoch`] read when the request
+    /// arrived.
     pub(crate) fn learn(
         &self,
-        key: &str,
-        host: &str,
+        key: Key,
+        request: Selecting<'_>,
         vary: &[HeaderName],
-        request: &HeaderMap,
         entry: Entry,
         started: Epoch,
-    ) {
+    ) -> Result<(), NotLearned> {
+        let Some(selector) = request.encode(vary, MAX_SELECTOR_BYTES) else {
+            return Err(self.too_large(request.uri));
+        };
         let variant = Variant {
-            host: host.to_ascii_lowercase().into(),
-            vary: vary
-                .iter()
-                .map(|name| (name.clone(), vary_value(request, name)))
-                .collect(),
+            vary: vary.into(),
+            selector,
             entry: Arc::new(entry),
         };
+        if variant.weight() > MAX_ENTRY_BYTES {
+            return Err(self.too_large(request.uri));
+        }
+        let path: Box<[u8]> = normalize_path(request.uri.path().as_bytes()).into();
         let _global = self.global_lock.read().unwrap_or_else(|e| e.into_inner());
         let _stripe = lock(&self.stripe_locks[started.stripe]);
         if self.epoch_moved(started) {
-            // An invalidation covering this key ran while the response was
+            // An invalidation covering this group ran while the response was
             // produced: what it says may be older than the write.
-            tracing::debug!(key, "learn discarded: invalidated while in flight");
-            return;
+            tracing::debug!(uri = %request.uri, "learn discarded: invalidated while in flight");
+            return Err(NotLearned::Invalidated);
         }
         let mut variants: Vec<Variant> = Vec::with_capacity(2);
-        if let Some(existing) = self.map.get(key) {
+        let mut replaced = 0;
+        if let Some(existing) = self.map.get(&key.hash()) {
             existing.superseded.store(true, Ordering::Release);
+            replaced = existing.variants.len();
             variants.extend(
                 existing
                     .variants
                     .iter()
-                    .filter(|v| !(v.host == variant.host && v.vary == variant.vary))
+                    .filter(|v| v.vary == variant.vary && v.selector != variant.selector)
                     .map(|v| Variant {
-                        host: v.host.clone(),
                         vary: v.vary.clone(),
+                        selector: v.selector.clone(),
                         entry: v.entry.clone(),
                     }),
             );
@@ -409,66 +543,78 @@ impl Store {
             variants.remove(0);
         }
         variants.push(variant);
-        let resource = Arc::new(Resource {
-            variants: variants.into_boxed_slice(),
-            superseded: Default::default(),
-        });
-        self.map.insert(key.into(), resource);
+        self.counters.count_variants(variants.len(), replaced);
+        self.map
+            .insert(key.hash(), Arc::new(Resource::new(path, variants)));
         self.counters.learned.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(key, host, "validator learned");
+        tracing::debug!(uri = %request.uri, "validator learned");
+        Ok(())
     }
 
-    /// Removes every variant of a path and query, for every host, and
-    /// publishes that on the invalidation bus.
-    pub(crate) fn invalidate(&self, key: &str) -> bool {
-        let removed = self.invalidate_here(key);
-        self.publish(Invalidation::Key(key.into()));
+    fn too_large(&self, uri: &Uri) -> NotLearned {
+        self.counters
+            .not_learned_too_large
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            path_bytes = uri.path().len(),
+            "not learned: request or entry over the store's size limits"
+        );
+        NotLearned::TooLarge
+    }
+
+    /// Removes every variant of a path's group — every spelling, query,
+    /// host and `Vary` value — and publishes that on the invalidation bus.
+    pub(crate) fn invalidate(&self, path: &str) -> bool {
+        // A query, if the caller left one, does not narrow the group.
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        let removed = self.invalidate_here(Key::of_path(path.as_bytes()));
+        self.publish(Invalidation::Key(path.into()));
         removed
     }
 
-    fn invalidate_here(&self, key: &str) -> bool {
-        let stripe = stripe_of(key);
+    fn invalidate_here(&self, key: Key) -> bool {
+        let stripe = key.stripe(EPOCH_STRIPES);
         let _stripe = lock(&self.stripe_locks[stripe]);
         self.epochs[stripe].fetch_add(1, Ordering::SeqCst);
-        let removed = self.map.remove(key);
+        let removed = self.map.remove(&key.hash());
         if let Some((_, resource)) = &removed {
             self.count_invalidated(resource.variants.len());
         }
-        tracing::debug!(key, removed = removed.is_some(), "invalidated");
+        tracing::debug!(removed = removed.is_some(), "invalidated");
         removed.is_some()
     }
 
-    /// Removes a key without bumping the epoch: for a `404`/`410` seen on a
-    /// `GET`, which says the resource is gone but is no write to order
+    /// Removes a group without bumping the epoch: for a `404`/`410` seen on
+    /// a `GET`, which says the resource is gone but is no write to order
     /// against.
-    pub(crate) fn forget(&self, key: &str) {
-        if let Some((_, resource)) = self.map.remove(key) {
+    pub(crate) fn forget(&self, key: Key) {
+        if let Some((_, resource)) = self.map.remove(&key.hash()) {
             self.count_invalidated(resource.variants.len());
         }
     }
 
-    /// Removes every entry whose path starts with `prefix`, and publishes
-    /// that on the invalidation bus.
+    /// Removes every group whose normalised path starts with `prefix`
+    /// (normalised the same way), and publishes that on the invalidation
+    /// bus.
     pub(crate) fn invalidate_prefix(&self, prefix: &str) {
         self.invalidate_prefix_here(prefix);
         self.publish(Invalidation::Prefix(prefix.into()));
     }
 
     fn invalidate_prefix_here(&self, prefix: &str) {
+        let prefix_bytes = normalize_prefix(prefix);
         let _global = self.global_lock.write().unwrap_or_else(|e| e.into_inner());
         self.global_epoch.fetch_add(1, Ordering::SeqCst);
         let removed = AtomicU64::new(0);
-        self.map.retain(|key, resource| {
-            let keep = !key.starts_with(prefix);
+        self.map.retain(|_, resource| {
+            let keep = !resource.under(&prefix_bytes);
             if !keep {
                 removed.fetch_add(resource.variants.len() as u64, Ordering::Relaxed);
             }
             keep
         });
         let removed = removed.into_inner();
-        self.counters
-            .invalidated
-            .fetch_add(removed, Ordering::Relaxed);
+        self.count_invalidated(removed as usize);
         tracing::debug!(prefix, removed, "invalidated by prefix");
     }
 
@@ -491,46 +637,18 @@ impl Store {
         self.counters
             .invalidated
             .fetch_add(n as u64, Ordering::Relaxed);
+        self.counters.count_variants(0, n);
     }
 
-    /// Variants stored: the map's total weight, O(shards), no walk.
+    /// Variants stored: a gauge kept by every insert and removal, O(1).
     pub(crate) fn len(&self) -> usize {
-        self.map.weight() as usize
+        self.counters.variants.load(Ordering::Relaxed) as usize
     }
-}
 
-/// The request's value of a header named in `Vary`, normalised: all field
-/// lines joined by commas, spaces and tabs around members removed, ASCII
-/// lowercased (RFC 9111 §4.1 allows such normalisation).
-fn vary_value(request: &HeaderMap, name: &HeaderName) -> Box<[u8]> {
-    let mut out = Vec::new();
-    for line in request.get_all(name) {
-        for member in line.as_bytes().split(|&b| b == b',') {
-            let member = crate::headers::trim_ows(member);
-            if member.is_empty() {
-                continue;
-            }
-            if !out.is_empty() {
-                out.push(b',');
-            }
-            out.extend(member.iter().map(u8::to_ascii_lowercase));
-        }
+    /// Bytes held by the entries: the map's total weight, O(shards).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.map.weight()
     }
-    out.into_boxed_slice()
-}
-
-/// The store key of a request: path and query, exactly as sent.
-pub(crate) fn key_of(uri: &Uri) -> &str {
-    uri.path_and_query().map_or("/", |pq| pq.as_str())
-}
-
-/// The authority a request targets: the URI's (HTTP/2, absolute-form) or the
-/// `Host` field's. Compared case-insensitively.
-pub(crate) fn host_of<'a>(uri: &'a Uri, host_header: Option<&'a http::HeaderValue>) -> &'a str {
-    uri.authority()
-        .map(|a| a.as_str())
-        .or_else(|| host_header.and_then(|h| h.to_str().ok()))
-        .unwrap_or("")
 }
 
 /// Counters of what the layer did, shared by the service and its handle.
@@ -549,6 +667,21 @@ pub(crate) struct Counters {
     pub(crate) buffer_budget_exhausted: AtomicU64,
     pub(crate) bus_disconnected_fallbacks: AtomicU64,
     pub(crate) bus_received: AtomicU64,
+    pub(crate) not_learned_too_large: AtomicU64,
+    pub(crate) validator_fetches: AtomicU64,
+    /// A gauge, not a counter: the variants in the store now.
+    pub(crate) variants: AtomicU64,
+}
+
+impl Counters {
+    /// Moves the `variants` gauge by `added - removed`, never below zero.
+    fn count_variants(&self, added: usize, removed: usize) {
+        let _ = self
+            .variants
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some((n + added as u64).saturating_sub(removed as u64))
+            });
+    }
 }
 
 /// A snapshot of the layer's counters, from [`CacheHandle::stats`].
@@ -584,8 +717,19 @@ pub struct Stats {
     /// Invalidations received from other replicas over the invalidation bus
     /// and applied.
     pub bus_received: u64,
+    /// Requests not learned because their selector (path and query,
+    /// authority, `Vary`'d values) or their entry is over the store's size
+    /// limits.
+    pub not_learned_too_large: u64,
+    /// `GET`s the layer sent to the inner service to learn the current
+    /// validators before letting a conditional write through.
+    pub validator_fetches: u64,
     /// Variants in the store now.
     pub entries: u64,
+    /// Bytes the store's entries hold now (an estimate of everything they
+    /// keep: selectors, header sets, validators), bounded by
+    /// [`MediaCacheLayer::store_capacity_bytes`](crate::MediaCacheLayer::store_capacity_bytes).
+    pub store_bytes: u64,
 }
 
 /// Invalidation and counters for a layer's validator store. Cheap to clone;
@@ -606,21 +750,25 @@ pub struct CacheHandle {
 }
 
 impl CacheHandle {
-    /// Forgets a URL (path and query; scheme and authority, if given, are
-    /// ignored, so every host's entries go), all of its `Vary` variants.
-    /// Returns whether anything was stored.
+    /// Forgets a resource: every stored variant of its path, under every
+    /// spelling of that path (percent-encoding, case, dot segments, repeated
+    /// or trailing slashes), every query, every host and every `Vary` value.
+    /// A query, scheme or authority in `uri` is ignored. Returns whether
+    /// anything was stored.
     ///
     /// With an [invalidation bus](crate::bus), the other replicas are told
     /// too, before this returns (queued on the bus).
     pub fn invalidate(&self, uri: &str) -> bool {
         match uri.parse::<Uri>() {
-            Ok(parsed) => self.store.invalidate(key_of(&parsed)),
+            Ok(parsed) => self.store.invalidate(parsed.path()),
             Err(_) => self.store.invalidate(uri),
         }
     }
 
-    /// Forgets every URL whose path starts with `prefix` (for example
-    /// `/media/`). Costs a walk over the store.
+    /// Forgets every resource whose path starts with `prefix` (for example
+    /// `/media/`), both compared in their normalised spelling; a prefix that
+    /// ends with `/` also covers the directory itself. Costs a walk over the
+    /// store.
     pub fn invalidate_prefix(&self, prefix: &str) {
         self.store.invalidate_prefix(prefix);
     }
@@ -655,7 +803,10 @@ impl CacheHandle {
             buffer_budget_exhausted: get(&c.buffer_budget_exhausted),
             bus_disconnected_fallbacks: get(&c.bus_disconnected_fallbacks),
             bus_received: get(&c.bus_received),
+            not_learned_too_large: get(&c.not_learned_too_large),
+            validator_fetches: get(&c.validator_fetches),
             entries: self.store.len() as u64,
+            store_bytes: self.store.bytes(),
         }
     }
 }
@@ -669,10 +820,13 @@ pub(crate) fn trusted_until(
 ) -> TrustedUntil {
     match trust {
         crate::Trust::MaxAge => match reuse_lifetime {
-            Some(secs) if secs > 0 => TrustedUntil::At(now + Duration::from_secs(secs)),
+            Some(secs) if secs > 0 => TrustedUntil::At(crate::headers::add_saturating(
+                now,
+                Duration::from_secs(secs),
+            )),
             _ => TrustedUntil::Never,
         },
-        crate::Trust::For(window) => TrustedUntil::At(now + window),
+        crate::Trust::For(window) => TrustedUntil::At(crate::headers::add_saturating(now, window)),
         crate::Trust::UntilInvalidated => TrustedUntil::Invalidated,
         crate::Trust::Never => TrustedUntil::Never,
     }
@@ -698,12 +852,41 @@ pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 }
 
 #[cfg(test)]
+impl Store {
+    /// Learns `entry` for `path` with no `Host` and no `Vary` (unit tests).
+    pub(crate) fn learn_path(&self, path: &str, entry: Entry) {
+        let uri: Uri = path.parse().unwrap();
+        let headers = HeaderMap::new();
+        let key = Key::of(&uri);
+        let request = Selecting {
+            uri: &uri,
+            headers: &headers,
+            forwarded: false,
+        };
+        self.learn(key, request, &[], entry, self.epoch(key))
+            .unwrap();
+    }
+
+    /// Looks `path` up with no `Host` and no other field (unit tests).
+    pub(crate) fn lookup_path(&self, path: &str) -> Option<Found> {
+        let uri: Uri = path.parse().unwrap();
+        let headers = HeaderMap::new();
+        let request = Selecting {
+            uri: &uri,
+            headers: &headers,
+            forwarded: false,
+        };
+        self.lookup(Key::of(&uri), request)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::EntityTag;
     use http::HeaderValue;
 
-    fn entry(tag: &str) -> Entry {
+    pub(crate) fn entry(tag: &str) -> Entry {
         Entry {
             validators: Validators::new().with_etag(EntityTag::strong(tag).unwrap()),
             headers: HeaderMap::new(),
@@ -721,152 +904,242 @@ mod tests {
         map
     }
 
-    fn tag(found: Option<Found>) -> Option<String> {
-        found.map(|f| f.validators.etag().unwrap().to_string())
+    fn at<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Selecting<'a> {
+        Selecting {
+            uri,
+            headers,
+            forwarded: false,
+        }
+    }
+
+    fn learn(store: &Store, uri: &str, h: &HeaderMap, vary: &[HeaderName], tag: &str) {
+        let uri: Uri = uri.parse().unwrap();
+        let key = Key::of(&uri);
+        store
+            .learn(key, at(&uri, h), vary, entry(tag), store.epoch(key))
+            .unwrap();
+    }
+
+    fn lookup(store: &Store, uri: &str, h: &HeaderMap) -> Option<String> {
+        let uri: Uri = uri.parse().unwrap();
+        store
+            .lookup(Key::of(&uri), at(&uri, h))
+            .map(|f| f.validators.etag().unwrap().to_string())
     }
 
     #[test]
     fn variants_are_separated_by_host() {
-        let store = Store::new(100);
-        store.learn(
-            "/a",
-            "one.example",
-            &[],
-            &HeaderMap::new(),
-            entry("1"),
-            store.epoch("/a"),
-        );
+        let store = Store::new(1 << 20);
+        let one = headers(&[("host", "one.example")]);
+        learn(&store, "/a", &one, &[], "1");
+        assert_eq!(lookup(&store, "/a", &one), Some("\"1\"".into()));
         assert_eq!(
-            tag(store.lookup("/a", "one.example", &HeaderMap::new())),
-            Some("\"1\"".into())
-        );
-        assert_eq!(
-            tag(store.lookup("/a", "two.example", &HeaderMap::new())),
+            lookup(&store, "/a", &headers(&[("host", "two.example")])),
             None
         );
+        assert_eq!(lookup(&store, "/a", &HeaderMap::new()), None);
     }
 
     #[test]
-    fn variants_are_separated_by_vary_values_normalised() {
-        let store = Store::new(100);
+    fn variants_are_separated_by_exact_vary_values() {
+        let store = Store::new(1 << 20);
         let vary = [http::header::ACCEPT_ENCODING];
-        store.learn(
+        learn(
+            &store,
             "/a",
-            "h",
-            &vary,
             &headers(&[("accept-encoding", "gzip, br")]),
-            entry("gz"),
-            store.epoch("/a"),
-        );
-        store.learn(
-            "/a",
-            "h",
             &vary,
-            &headers(&[]),
-            entry("id"),
-            store.epoch("/a"),
+            "gz",
         );
-        let gz = headers(&[("accept-encoding", "GZIP"), ("accept-encoding", " br")]);
-        assert_eq!(tag(store.lookup("/a", "h", &gz)), Some("\"gz\"".into()));
+        learn(&store, "/a", &headers(&[]), &vary, "id");
+        let gz = headers(&[("accept-encoding", "gzip, br")]);
+        assert_eq!(lookup(&store, "/a", &gz), Some("\"gz\"".into()));
         assert_eq!(
-            tag(store.lookup("/a", "h", &HeaderMap::new())),
+            lookup(&store, "/a", &HeaderMap::new()),
             Some("\"id\"".into())
         );
-        assert_eq!(
-            tag(store.lookup("/a", "h", &headers(&[("accept-encoding", "br")]))),
-            None
-        );
+        for other in [
+            headers(&[("accept-encoding", "GZIP, br")]),
+            headers(&[("accept-encoding", "gzip,br")]),
+            headers(&[("accept-encoding", "gzip"), ("accept-encoding", "br")]),
+            headers(&[("accept-encoding", "")]),
+            headers(&[("accept-encoding", "br")]),
+        ] {
+            assert_eq!(lookup(&store, "/a", &other), None, "{other:?}");
+        }
     }
 
     #[test]
-    fn invalidate_removes_all_variants_and_hosts() {
-        let store = Store::new(100);
-        store.learn(
-            "/a",
-            "h1",
-            &[],
-            &HeaderMap::new(),
-            entry("1"),
-            store.epoch("/a"),
+    fn a_new_vary_replaces_variants_learned_under_another() {
+        let store = Store::new(1 << 20);
+        learn(&store, "/a", &HeaderMap::new(), &[], "plain");
+        let vary = [http::header::ACCEPT_LANGUAGE];
+        let fr = headers(&[("accept-language", "fr")]);
+        learn(&store, "/a", &fr, &vary, "fr");
+        assert_eq!(lookup(&store, "/a", &HeaderMap::new()), None);
+        assert_eq!(lookup(&store, "/a", &fr), Some("\"fr\"".into()));
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn queries_are_variants_of_one_group() {
+        let store = Store::new(1 << 20);
+        let none = HeaderMap::new();
+        learn(&store, "/a?v=1", &none, &[], "1");
+        learn(&store, "/a", &none, &[], "0");
+        assert_eq!(lookup(&store, "/a?v=1", &none), Some("\"1\"".into()));
+        assert_eq!(lookup(&store, "/a", &none), Some("\"0\"".into()));
+        assert_eq!(lookup(&store, "/a?v=2", &none), None);
+        assert_eq!(
+            lookup(&store, "/%61", &none),
+            None,
+            "spellings never answer each other"
         );
-        store.learn(
-            "/a",
-            "h2",
-            &[],
-            &HeaderMap::new(),
-            entry("2"),
-            store.epoch("/a"),
-        );
-        assert!(store.invalidate("/a"));
-        assert!(store.lookup("/a", "h1", &HeaderMap::new()).is_none());
-        assert!(store.lookup("/a", "h2", &HeaderMap::new()).is_none());
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn invalidate_removes_every_spelling_query_host_and_variant() {
+        let store = Store::new(1 << 20);
+        for (uri, host) in [
+            ("/a", "h1"),
+            ("/a?v=1", "h2"),
+            ("/%61/", "h1"),
+            ("/A", "h3"),
+        ] {
+            learn(&store, uri, &headers(&[("host", host)]), &[], uri);
+        }
+        assert_eq!(store.len(), 4);
+        for spelling in ["/a?x=2", "/%41", "//a/", "/b/../a"] {
+            for (uri, host) in [
+                ("/a", "h1"),
+                ("/a?v=1", "h2"),
+                ("/%61/", "h1"),
+                ("/A", "h3"),
+            ] {
+                learn(&store, uri, &headers(&[("host", host)]), &[], uri);
+            }
+            assert!(store.invalidate(spelling), "{spelling}");
+            for (uri, host) in [
+                ("/a", "h1"),
+                ("/a?v=1", "h2"),
+                ("/%61/", "h1"),
+                ("/A", "h3"),
+            ] {
+                assert_eq!(lookup(&store, uri, &headers(&[("host", host)])), None);
+            }
+            assert_eq!(store.len(), 0);
+        }
     }
 
     #[test]
     fn a_learn_that_started_before_an_invalidation_is_discarded() {
-        let store = Store::new(100);
-        let started = store.epoch("/a");
-        store.invalidate("/a");
-        store.learn("/a", "h", &[], &HeaderMap::new(), entry("old"), started);
-        assert!(store.lookup("/a", "h", &HeaderMap::new()).is_none());
-        let started = store.epoch("/a");
+        let store = Store::new(1 << 20);
+        let uri: Uri = "/a".parse().unwrap();
+        let none = HeaderMap::new();
+        let key = Key::of(&uri);
+        let started = store.epoch(key);
+        store.invalidate("/a?other=query");
+        assert_eq!(
+            store.learn(key, at(&uri, &none), &[], entry("old"), started),
+            Err(NotLearned::Invalidated)
+        );
+        assert!(store.lookup_path("/a").is_none());
+        let started = store.epoch(key);
         store.invalidate_prefix("/zzz");
-        store.learn("/a", "h", &[], &HeaderMap::new(), entry("old"), started);
-        assert!(store.lookup("/a", "h", &HeaderMap::new()).is_none());
+        assert_eq!(
+            store.learn(key, at(&uri, &none), &[], entry("old"), started),
+            Err(NotLearned::Invalidated)
+        );
+        assert!(store.lookup_path("/a").is_none());
     }
 
     #[test]
     fn an_invalidation_of_another_stripe_does_not_discard_a_learn() {
-        let store = Store::new(100);
+        let store = Store::new(1 << 20);
+        let a = Key::of_path(b"/a");
         let other = (0..)
             .map(|i| format!("/other/{i}"))
-            .find(|k| stripe_of(k) != stripe_of("/a"))
+            .find(|k| Key::of_path(k.as_bytes()).stripe(EPOCH_STRIPES) != a.stripe(EPOCH_STRIPES))
             .unwrap();
-        let started = store.epoch("/a");
+        let uri: Uri = "/a".parse().unwrap();
+        let none = HeaderMap::new();
+        let started = store.epoch(a);
         store.invalidate(&other);
-        store.learn("/a", "h", &[], &HeaderMap::new(), entry("new"), started);
-        assert!(store.lookup("/a", "h", &HeaderMap::new()).is_some());
+        store
+            .learn(a, at(&uri, &none), &[], entry("new"), started)
+            .unwrap();
+        assert!(store.lookup_path("/a").is_some());
     }
 
     #[test]
-    fn capacity_bounds_the_store_and_counts_evictions() {
-        let store = Store::new(50);
-        for i in 0..500 {
-            store.learn(
-                &format!("/{i}"),
-                "h",
-                &[],
-                &HeaderMap::new(),
-                entry("x"),
-                store.epoch(&format!("/{i}")),
-            );
+    fn capacity_bounds_the_bytes_held_and_counts_evictions() {
+        let store = Store::new(64 * 1024);
+        for i in 0..2000 {
+            store.learn_path(&format!("/{i}?{}", "q".repeat(500)), entry("x"));
         }
-        assert!(store.len() <= 50, "{}", store.len());
-        assert!(store.counters.evicted.load(Ordering::Relaxed) >= 450);
+        assert!(store.bytes() <= 64 * 1024, "{}", store.bytes());
+        assert!(store.len() < 200, "{}", store.len());
+        assert!(store.counters.evicted.load(Ordering::Relaxed) >= 1800);
+        assert_eq!(
+            store.len() as u64,
+            2000 - store.counters.evicted.load(Ordering::Relaxed)
+        );
+    }
+
+    #[test]
+    fn oversized_selectors_and_entries_are_not_learned() {
+        let store = Store::new(1 << 30);
+        let long: Uri = format!("/a?{}", "q".repeat(MAX_SELECTOR_BYTES))
+            .parse()
+            .unwrap();
+        let none = HeaderMap::new();
+        let key = Key::of(&long);
+        assert_eq!(
+            store.learn(key, at(&long, &none), &[], entry("x"), store.epoch(key)),
+            Err(NotLearned::TooLarge)
+        );
+        let vary = [http::header::ACCEPT_LANGUAGE];
+        let mut big = HeaderMap::new();
+        big.insert(
+            "accept-language",
+            HeaderValue::from_str(&"x".repeat(MAX_SELECTOR_BYTES)).unwrap(),
+        );
+        let short: Uri = "/a".parse().unwrap();
+        assert_eq!(
+            store.learn(key, at(&short, &big), &vary, entry("x"), store.epoch(key)),
+            Err(NotLearned::TooLarge)
+        );
+        let mut heavy = entry("x");
+        heavy.headers.insert(
+            "x-big",
+            HeaderValue::from_str(&"y".repeat(MAX_ENTRY_BYTES as usize)).unwrap(),
+        );
+        assert_eq!(
+            store.learn(key, at(&short, &none), &[], heavy, store.epoch(key)),
+            Err(NotLearned::TooLarge)
+        );
+        assert_eq!(store.len(), 0);
+        assert_eq!(
+            store.counters.not_learned_too_large.load(Ordering::Relaxed),
+            3
+        );
     }
 
     #[test]
     fn prefix_invalidation_keeps_other_paths() {
-        let store = Store::new(100);
-        store.learn(
-            "/media/a",
-            "h",
-            &[],
-            &HeaderMap::new(),
-            entry("1"),
-            store.epoch("/media/a"),
-        );
-        store.learn(
-            "/live/b",
-            "h",
-            &[],
-            &HeaderMap::new(),
-            entry("2"),
-            store.epoch("/live/b"),
-        );
-        store.invalidate_prefix("/media/");
-        assert!(store.lookup("/media/a", "h", &HeaderMap::new()).is_none());
-        assert!(store.lookup("/live/b", "h", &HeaderMap::new()).is_some());
+        let store = Store::new(1 << 20);
+        store.learn_path("/media/a", entry("1"));
+        store.learn_path("/media", entry("dir"));
+        store.learn_path("/mediaX/b", entry("x"));
+        store.learn_path("/live/b", entry("2"));
+        store.invalidate_prefix("/Media/");
+        assert!(store.lookup_path("/media/a").is_none());
+        assert!(store.lookup_path("/media").is_none());
+        assert!(store.lookup_path("/mediaX/b").is_some());
+        assert!(store.lookup_path("/live/b").is_some());
+        store.invalidate_prefix("/li");
+        assert!(store.lookup_path("/live/b").is_none());
     }
 
     #[test]
@@ -879,5 +1152,18 @@ mod tests {
             ])),
             Some(vec![http::header::ACCEPT_ENCODING, http::header::ORIGIN])
         );
+    }
+
+    #[test]
+    fn huge_lifetimes_saturate_instead_of_overflowing() {
+        let now = SystemTime::now();
+        assert!(matches!(
+            trusted_until(crate::Trust::MaxAge, Some(u64::MAX), now),
+            TrustedUntil::At(t) if t > now
+        ));
+        assert!(matches!(
+            trusted_until(crate::Trust::For(Duration::MAX), None, now),
+            TrustedUntil::At(t) if t > now
+        ));
     }
 }

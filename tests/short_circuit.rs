@@ -398,16 +398,20 @@ async fn unshareable_answers_are_never_learned() {
 }
 
 #[tokio::test]
-async fn the_store_is_bounded_and_evicts() {
-    let layer = MediaCacheLayer::new(max_age(60)).store_capacity(20);
+async fn the_store_is_bounded_in_bytes_and_evicts() {
+    let capacity = 16 * 1024;
+    let layer = MediaCacheLayer::new(max_age(60)).store_capacity_bytes(capacity);
     let service = Origin::new(Content::ok(V1)).wrap(&layer);
     for i in 0..200 {
         send(&service, req(get(&format!("/{i}")))).await;
     }
     let stats = layer.handle().stats();
     assert_eq!(stats.learned, 200);
-    assert!(stats.entries <= 20, "{stats:?}");
-    assert!(stats.evicted >= 180, "{stats:?}");
+    assert!(stats.store_bytes <= capacity, "{stats:?}");
+    // An entry of this size weighs well over 200 bytes.
+    assert!(stats.entries <= capacity / 200, "{stats:?}");
+    assert!(stats.evicted >= 200 - capacity / 200, "{stats:?}");
+    assert_eq!(stats.entries + stats.evicted, 200, "{stats:?}");
 }
 
 #[tokio::test]

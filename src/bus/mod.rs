@@ -285,6 +285,7 @@ mod tests {
     use super::*;
     use crate::EntityTag;
     use crate::headers::HttpDate;
+    use crate::key::Key;
     use crate::store::{Entry, TrustedUntil};
     use crate::validators::Validators;
 
@@ -322,19 +323,31 @@ mod tests {
         }
     }
 
-    fn learn(store: &Store, key: &str) {
-        store.learn(key, "h", &[], &HeaderMap::new(), entry(), store.epoch(key));
+    fn learn(store: &Store, path: &str) {
+        store.learn_path(path, entry());
     }
 
-    fn trusted(store: &Store, key: &str) -> Option<bool> {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+    /// Learns `/a` as a request that started in epoch `started`.
+    fn learn_started(store: &Store, started: crate::store::Epoch) -> bool {
+        let uri: http::Uri = "/a".parse().unwrap();
+        let headers = HeaderMap::new();
+        let request = crate::key::Selecting {
+            uri: &uri,
+            headers: &headers,
+            forwarded: false,
+        };
         store
-            .lookup(key, "h", &HeaderMap::new())
-            .map(|found| found.is_trusted(now))
+            .learn(Key::of(&uri), request, &[], entry(), started)
+            .is_ok()
+    }
+
+    fn trusted(store: &Store, path: &str) -> Option<bool> {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+        store.lookup_path(path).map(|found| found.is_trusted(now))
     }
 
     fn with_bus() -> (Arc<Store>, Arc<TestBus>) {
-        let store = Arc::new(Store::new(100));
+        let store = Arc::new(Store::new(1 << 20));
         let bus = Arc::new(TestBus::default());
         store.attach_bus(Arc::new(bus.clone()));
         (store, bus)
@@ -342,7 +355,7 @@ mod tests {
 
     #[test]
     fn without_a_bus_the_store_is_connected() {
-        let store = Store::new(10);
+        let store = Store::new(1 << 20);
         assert!(store.bus_connected());
         learn(&store, "/a");
         assert_eq!(trusted(&store, "/a"), Some(true));
@@ -350,7 +363,7 @@ mod tests {
 
     #[test]
     fn noop_bus_connects_at_once() {
-        let store = Arc::new(Store::new(10));
+        let store = Arc::new(Store::new(1 << 20));
         store.attach_bus(Arc::new(NoopBus));
         assert!(store.bus_connected());
         learn(&store, "/a");
@@ -361,7 +374,7 @@ mod tests {
     fn nothing_is_trusted_until_connected_and_fallbacks_are_counted_once() {
         let (store, bus) = with_bus();
         learn(&store, "/a");
-        let found = store.lookup("/a", "h", &HeaderMap::new()).unwrap();
+        let found = store.lookup_path("/a").unwrap();
         let now = SystemTime::UNIX_EPOCH;
         assert!(!found.is_trusted(now));
         assert!(!found.is_trusted(now));
@@ -383,7 +396,7 @@ mod tests {
         assert_eq!(trusted(&store, "/a"), Some(true));
 
         // A disconnection distrusts at once, even a lookup made before it.
-        let found = store.lookup("/a", "h", &HeaderMap::new()).unwrap();
+        let found = store.lookup_path("/a").unwrap();
         assert!(bus.link().set_disconnected(&"test"));
         assert!(!found.is_trusted(now));
         assert_eq!(trusted(&store, "/a"), Some(false));
@@ -397,12 +410,12 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH;
         // Looked up while disconnected, used after the reconnection.
         learn(&store, "/a");
-        let found = store.lookup("/a", "h", &HeaderMap::new()).unwrap();
+        let found = store.lookup_path("/a").unwrap();
         bus.link().set_connected();
         assert!(!found.is_trusted(now));
         // Looked up while connected, used after an outage.
         learn(&store, "/a");
-        let found = store.lookup("/a", "h", &HeaderMap::new()).unwrap();
+        let found = store.lookup_path("/a").unwrap();
         assert!(found.is_trusted(now));
         bus.link().set_disconnected(&"test");
         bus.link().set_connected();
@@ -420,7 +433,7 @@ mod tests {
         store.invalidate("/a");
         store.invalidate_prefix("/media/");
         store.clear();
-        store.forget("/gone");
+        store.forget(Key::of_path(b"/gone"));
         assert_eq!(
             bus.published(),
             [
@@ -449,18 +462,18 @@ mod tests {
     fn a_remote_invalidation_discards_learns_in_flight() {
         let (store, bus) = with_bus();
         bus.link().set_connected();
-        let started = store.epoch("/a");
+        let started = store.epoch(Key::of_path(b"/a"));
         bus.link().apply(&Invalidation::Key("/a".into()));
-        store.learn("/a", "h", &[], &HeaderMap::new(), entry(), started);
+        assert!(!learn_started(&store, started));
         assert_eq!(trusted(&store, "/a"), None);
     }
 
     #[test]
     fn a_learn_in_flight_across_a_reconnection_is_discarded() {
         let (store, bus) = with_bus();
-        let started = store.epoch("/a");
+        let started = store.epoch(Key::of_path(b"/a"));
         bus.link().set_connected();
-        store.learn("/a", "h", &[], &HeaderMap::new(), entry(), started);
+        assert!(!learn_started(&store, started));
         assert_eq!(trusted(&store, "/a"), None);
     }
 

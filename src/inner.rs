@@ -1,0 +1,116 @@
+//! Calling the inner service from the response future, when the call cannot
+//! happen in `call` itself: after a probe, or after an internal `GET` that
+//! learns the validators a conditional write is judged against.
+//!
+//! The service that `poll_ready` drove to readiness moves into the future (a
+//! clone takes its place, tower-service's pattern). Its first call uses that
+//! readiness; a second call (the write after the internal `GET`) polls it
+//! ready again first, as the `Service` contract requires — `Buffer` or
+//! `ConcurrencyLimit` in front of the handler would panic otherwise.
+
+use std::future::Future;
+use std::task::{Context, Poll};
+
+use http::header::{
+    CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, IF_MATCH, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
+};
+use http::{Method, Request};
+use tower_service::Service;
+
+/// The inner service and the request, held by a response future until it
+/// decides to call. Object-safe, so the future's type does not name the
+/// service.
+pub(crate) trait Pending<F: Future>: Send {
+    /// Ready when the service may be called. An error of the service comes
+    /// back as the whole output of the response (`Err(output)`).
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), F::Output>>;
+
+    /// Calls the service with a `GET` of the request's target: the same
+    /// headers and extensions without preconditions, `Range` and the
+    /// fields that describe the request's own body; an empty body.
+    fn fetch(&mut self) -> F;
+
+    /// Calls the service with the request itself, without `Range` when
+    /// `strip_range`. Once only.
+    fn send(&mut self, strip_range: bool) -> F;
+}
+
+/// [`Pending`] for a service `S`.
+pub(crate) struct Held<S, ReqBody> {
+    service: S,
+    /// Whether the service may be called without polling it again.
+    ready: bool,
+    request: Option<Request<ReqBody>>,
+}
+
+impl<S, ReqBody> Held<S, ReqBody> {
+    /// `service` must have been driven to readiness.
+    pub(crate) fn new(service: S, request: Request<ReqBody>) -> Self {
+        Self {
+            service,
+            ready: true,
+            request: Some(request),
+        }
+    }
+}
+
+impl<S, ReqBody, R> Pending<S::Future> for Held<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = R> + Send,
+    ReqBody: Default + Send,
+{
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), <S::Future as Future>::Output>> {
+        if self.ready {
+            return Poll::Ready(Ok(()));
+        }
+        match self.service.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                self.ready = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(Err(error))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn fetch(&mut self) -> S::Future {
+        let original = self.request.as_ref().expect("fetch comes before send");
+        let mut request = Request::new(ReqBody::default());
+        *request.method_mut() = Method::GET;
+        *request.uri_mut() = original.uri().clone();
+        *request.version_mut() = original.version();
+        *request.extensions_mut() = original.extensions().clone();
+        let headers = request.headers_mut();
+        *headers = original.headers().clone();
+        for name in [
+            IF_MATCH,
+            IF_NONE_MATCH,
+            IF_MODIFIED_SINCE,
+            IF_UNMODIFIED_SINCE,
+            IF_RANGE,
+            RANGE,
+            CONTENT_LENGTH,
+            CONTENT_TYPE,
+            CONTENT_ENCODING,
+            TRANSFER_ENCODING,
+            EXPECT,
+        ] {
+            headers.remove(name);
+        }
+        self.ready = false;
+        self.service.call(request)
+    }
+
+    fn send(&mut self, strip_range: bool) -> S::Future {
+        let mut request = self.request.take().expect("the request is sent once");
+        if strip_range {
+            request.headers_mut().remove(RANGE);
+        }
+        self.ready = false;
+        self.service.call(request)
+    }
+}

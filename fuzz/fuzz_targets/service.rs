@@ -7,6 +7,11 @@
 //! Checks: no panic; a non-2xx inner answer is never turned into a 304 or
 //! 412; 304/412 bodies are empty; a 200 whose ETag the layer computed
 //! carries exactly `content_etag(body)`.
+//!
+//! Lifetimes of any size are part of the input: the inner service's
+//! `Cache-Control` may carry `max-age`/`s-maxage` values up to and past
+//! `u64::MAX`, and the policy may be `max_age(Duration::MAX)` with `Expires`
+//! or `Trust::For(Duration::MAX)` (each once made the layer panic).
 #![no_main]
 
 use std::convert::Infallible;
@@ -32,6 +37,7 @@ type Body = StreamBody<
 struct Answer {
     status: u8,
     headers: Vec<(u8, Vec<u8>)>,
+    huge_lifetime: Option<u8>,
     chunks: Vec<Vec<u8>>,
     error: bool,
 }
@@ -85,8 +91,22 @@ const RESPONSE_HEADERS: [HeaderName; 10] = [
     header::CONTENT_LENGTH,
 ];
 
+/// `Cache-Control` values the inner service may send besides arbitrary
+/// bytes: lifetimes at and past every integer limit.
+const HUGE_LIFETIMES: [&str; 6] = [
+    "max-age=9300000000000000000",
+    "max-age=18446744073709551615",
+    "max-age=99999999999999999999999",
+    "public, s-maxage=18446744073709551615",
+    "max-age=9223372036854775807, s-maxage=9223372036854775808",
+    "max-age=2147483648",
+];
+
+/// The scripted answer and the methods of the requests that reached the
+/// service (the layer may send a `GET` of its own before a conditional
+/// write).
 #[derive(Clone)]
-struct Inner(Arc<Mutex<Option<Answer>>>);
+struct Inner(Arc<Mutex<Option<Answer>>>, Arc<Mutex<Vec<Method>>>);
 
 impl Service<Request<()>> for Inner {
     type Response = Response<Body>;
@@ -97,13 +117,14 @@ impl Service<Request<()>> for Inner {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _req: Request<()>) -> Self::Future {
+    fn call(&mut self, req: Request<()>) -> Self::Future {
+        self.1.lock().unwrap().push(req.method().clone());
         let answer = self
             .0
             .lock()
             .unwrap()
-            .take()
-            .expect("one answer per request");
+            .clone()
+            .expect("an answer per request");
         let mut frames: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = answer
             .chunks
             .iter()
@@ -124,20 +145,28 @@ impl Service<Request<()>> for Inner {
                 );
             }
         }
+        if let Some(huge) = answer.huge_lifetime {
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static(HUGE_LIFETIMES[huge as usize % HUGE_LIFETIMES.len()]),
+            );
+        }
         std::future::ready(Ok(response))
     }
 }
 
 fuzz_target!(|input: Input| {
-    let trust = match input.trust % 4 {
+    let trust = match input.trust % 5 {
         0 => Trust::MaxAge,
         1 => Trust::For(Duration::from_secs(30)),
         2 => Trust::UntilInvalidated,
+        3 => Trust::For(Duration::MAX),
         _ => Trust::Never,
     };
-    let policy = match input.policy % 3 {
+    let policy = match input.policy % 4 {
         0 => CachePolicy::max_age(Duration::from_secs(60)),
         1 => CachePolicy::no_cache(),
+        2 => CachePolicy::max_age(Duration::MAX).with_expires(),
         _ => CachePolicy::no_store(),
     }
     .trust(trust);
@@ -146,10 +175,11 @@ fuzz_target!(|input: Input| {
         .route("/live/{*path}", CachePolicy::no_cache().public())
         .exclude("/skip/{*path}")
         .max_buffer_bytes(u64::from(input.max_buffer) * 4)
-        .store_capacity(4)
+        .store_capacity_bytes(4 * 1024)
         .clock(move || now);
     let slot = Arc::new(Mutex::new(None));
-    let mut service = layer.layer(Inner(slot.clone()));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut service = layer.layer(Inner(slot.clone(), seen.clone()));
 
     for ask in input.asks.iter().take(4) {
         let method = METHODS[ask.method as usize % METHODS.len()].clone();
@@ -172,6 +202,7 @@ fuzz_target!(|input: Input| {
                 && HeaderValue::from_bytes(v).is_ok()
         });
         *slot.lock().unwrap() = Some(ask.answer.clone());
+        seen.lock().unwrap().clear();
 
         let ready = std::future::poll_fn(|cx| service.poll_ready(cx))
             .now_or_never()
@@ -182,7 +213,9 @@ fuzz_target!(|input: Input| {
             .now_or_never()
             .expect("response at once")
             .unwrap();
-        let called = slot.lock().unwrap().take().is_none();
+        // Whether the request itself reached the service (not only the
+        // layer's own `GET` before a conditional write).
+        let called = seen.lock().unwrap().contains(&method);
         let status = response.status();
         let etag = response.headers().get(header::ETAG).cloned();
         let body = response

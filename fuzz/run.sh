@@ -21,7 +21,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(etag_list http_date preconditions service)
+  targets=(etag_list http_date preconditions service differential)
 fi
 
 export RUSTC_BOOTSTRAP=1

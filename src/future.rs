@@ -496,7 +496,14 @@ impl Ctx {
             Current::Exists(validators) => {
                 preconditions::evaluate(&self.method, &self.request_headers, validators)
             }
-            Current::Absent => preconditions::evaluate_absent(&self.request_headers),
+            // Only a write that can create the resource is judged against
+            // its absence: a `DELETE` (or `POST`) of nothing would be a 404
+            // without its preconditions, and then they are ignored
+            // (RFC 9110 §13.2.1) — the service answers.
+            Current::Absent if matches!(self.method, Method::PUT | Method::PATCH) => {
+                preconditions::evaluate_absent(&self.request_headers)
+            }
+            Current::Absent => Precondition::Proceed,
             Current::Unknown => Precondition::Proceed,
         };
         if verdict == Precondition::Proceed {

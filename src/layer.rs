@@ -230,9 +230,11 @@ impl MediaCacheLayer {
     /// preconditions and the write's body fields; its body is hashed and
     /// dropped, never buffered): **one extra call of the service per
     /// conditional write on a resource the store does not trust**. A `404` or
-    /// `410` means no current representation (`If-Match` fails,
-    /// `If-None-Match: *` holds); any other non-2xx leaves the write to the
-    /// service. Conditional writes to one resource are serialised, so of
+    /// `410` means no current representation: a `PUT` or `PATCH` is judged
+    /// against that (`If-Match` fails, `If-None-Match: *` holds), any other
+    /// method goes to the service (without the preconditions it would be a
+    /// 404, so they are ignored, RFC 9110 §13.2.1); any other non-2xx leaves
+    /// the write to the service. Conditional writes to one resource are serialised, so of
     /// concurrent writes carrying the same `If-Match` exactly one runs.
     ///
     /// With `false`, a conditional write is judged before the service only

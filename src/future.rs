@@ -383,11 +383,11 @@ impl Ctx {
         config: Arc<Config>,
         request: &Request<ReqBody>,
         route: RouteMatch,
+        key: Key,
         now: SystemTime,
         store_allowed: bool,
         entry: Option<Found>,
     ) -> Self {
-        let key = Key::of(request.uri());
         let epoch = config.store.epoch(key);
         Self {
             config,
@@ -427,11 +427,7 @@ impl Ctx {
 
     /// The request as the store selects variants by.
     fn selecting(&self) -> Selecting<'_> {
-        Selecting {
-            uri: &self.uri,
-            headers: &self.request_headers,
-            forwarded: self.config.forwarded_host,
-        }
+        Selecting::new(&self.uri, &self.request_headers, self.config.forwarded_host)
     }
 
     fn count(&self, counter: impl Fn(&store::Counters) -> &std::sync::atomic::AtomicU64) {

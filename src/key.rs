@@ -1,6 +1,6 @@
 //! What the validator store keys by.
 //!
-//! * The **group** of a request ([`Key`]): a 128-bit hash of its path
+//! * The **group** of a request ([`Key`]): a 64-bit hash of its path
 //!   normalised so that every spelling a server might take for the same
 //!   resource lands in one group — percent-decoded, ASCII-lowercased, dot
 //!   segments resolved, repeated and trailing slashes dropped, the query
@@ -18,11 +18,16 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, HeaderName, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 /// The group a request path belongs to. Cheap to copy and compare.
+///
+/// 64 bits are plenty: a collision only puts two paths in one group, so a
+/// write to one also invalidates the other (harmless); which stored variant
+/// answers a request is decided by the exact selector bytes, never by this
+/// hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Key(u128);
+pub(crate) struct Key(u64);
 
 impl Key {
     /// The group of a request target (its path; the query is ignored).
@@ -32,17 +37,17 @@ impl Key {
 
     /// The group of a path, spelled any way.
     pub(crate) fn of_path(path: &[u8]) -> Self {
-        Self(twox_hash::XxHash3_128::oneshot(&normalize_path(path)))
+        Self(twox_hash::XxHash3_64::oneshot(&normalize_path(path)))
     }
 
     /// The hash, for maps keyed by group.
-    pub(crate) fn hash(self) -> u128 {
+    pub(crate) fn hash(self) -> u64 {
         self.0
     }
 
     /// Which of `stripes` stripes (epochs, write locks) the group falls in.
     pub(crate) fn stripe(self, stripes: usize) -> usize {
-        (self.0 as u64 % stripes as u64) as usize
+        (self.0 % stripes as u64) as usize
     }
 }
 
@@ -76,32 +81,51 @@ pub(crate) fn normalize_path(path: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-/// Whether [`normalize_path`] would return `path` unchanged: a quick scan
-/// that keeps the common case (`/media/aaaa.jpg`) free of allocation.
+/// Whether `path` is certainly in the form [`normalize_path`] returns: no
+/// `%`, no uppercase letter, no `//` and no segment starting with `.`, a
+/// leading and no trailing slash. A branch-free scan that keeps the common
+/// case (`/media/aaaa.jpg`) free of allocation; a path it refuses (such as
+/// `/.well-known/x`) is normalised the long way, to the same result.
 fn is_normal(path: &[u8]) -> bool {
     if path == b"/" {
         return true;
     }
-    if path.first() != Some(&b'/') || path.last() == Some(&b'/') {
+    let [b'/', .., last] = path else {
+        return false;
+    };
+    if *last == b'/' {
         return false;
     }
-    let mut previous = 0u8;
-    for (i, &b) in path.iter().enumerate() {
-        if b == b'%' || b.is_ascii_uppercase() || (b == b'/' && previous == b'/') {
-            return false;
-        }
-        if b == b'.' && previous == b'/' {
-            // `/.` starts a dot segment only if `.`, `..` is the whole segment.
-            let rest = &path[i..];
-            let end = rest.iter().position(|&c| c == b'/').unwrap_or(rest.len());
-            if matches!(&rest[..end], b"." | b"..") {
-                return false;
-            }
-        }
-        previous = b;
+    // Branch-free, one table lookup per byte: `%` and `A`-`Z` are never
+    // normal; `/` and `.` are not right after a slash.
+    let mut bad = 0u8;
+    let mut after_slash = 0u8;
+    for &b in path {
+        let class = BYTE_CLASS[b as usize];
+        bad |= class & (ODD | after_slash);
+        after_slash = (class & SLASH) >> 1;
     }
-    true
+    bad == 0
 }
+
+const ODD: u8 = 1;
+/// `/` or `.`: not normal right after a slash.
+const SLASH_OR_DOT: u8 = 2;
+/// `/` itself (shifted right once, it is [`SLASH_OR_DOT`]).
+const SLASH: u8 = 4;
+/// [`is_normal`]'s byte classes.
+static BYTE_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = b'A';
+    while b <= b'Z' {
+        table[b as usize] = ODD;
+        b += 1;
+    }
+    table[b'%' as usize] = ODD;
+    table[b'/' as usize] = SLASH_OR_DOT | SLASH;
+    table[b'.' as usize] = SLASH_OR_DOT;
+    table
+};
 
 fn percent_decode(path: &[u8]) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
@@ -134,87 +158,189 @@ const END: u8 = 0;
 /// The parts of a request that select a stored variant.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Selecting<'a> {
-    pub(crate) uri: &'a Uri,
-    pub(crate) headers: &'a HeaderMap,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    host: Host<'a>,
     /// Whether `X-Forwarded-Host` and `Forwarded` are part of the authority
     /// ([`MediaCacheLayer::vary_on_forwarded_host`](crate::MediaCacheLayer::vary_on_forwarded_host)).
-    pub(crate) forwarded: bool,
+    forwarded: bool,
+}
+
+/// The request's `Host` field lines.
+#[derive(Debug, Clone, Copy)]
+enum Host<'a> {
+    None,
+    One(&'a HeaderValue),
+    /// More than one line: a request to refuse (RFC 9112 §3.2), never
+    /// learned nor answered from the store.
+    Several,
 }
 
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-impl Selecting<'_> {
-    /// Feeds the selector, part by part, to `sink`; stops as soon as `sink`
-    /// returns false, and returns false then.
-    fn parts(&self, vary: &[HeaderName], sink: &mut impl FnMut(&[u8]) -> bool) -> bool {
-        let target = self.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        if !(sink(target.as_bytes()) && sink(&[END])) {
-            return false;
+/// Where [`Selecting::parts`] sends the selector, part by part.
+trait Sink {
+    /// Takes `bytes` — ASCII case-folded when `fold` — and returns whether
+    /// to go on.
+    fn take(&mut self, bytes: &[u8], fold: bool) -> bool;
+
+    /// Takes one separator byte ([`LINE`] or [`END`]).
+    fn mark(&mut self, byte: u8) -> bool;
+}
+
+/// Builds a selector, refusing one longer than `limit`.
+struct Encoder {
+    out: Vec<u8>,
+    limit: usize,
+}
+
+impl Sink for Encoder {
+    fn take(&mut self, bytes: &[u8], fold: bool) -> bool {
+        let start = self.out.len();
+        self.out.extend_from_slice(bytes);
+        if fold {
+            self.out[start..].make_ascii_lowercase();
         }
-        let authority = self.uri.authority().map(|a| a.as_str().as_bytes());
-        if !(authority.is_none_or(|a| sink(&[LINE]) && lowercase(a, sink)) && sink(&[END])) {
+        self.out.len() <= self.limit
+    }
+
+    fn mark(&mut self, byte: u8) -> bool {
+        self.out.push(byte);
+        self.out.len() <= self.limit
+    }
+}
+
+/// Compares a request with a stored selector, without allocating.
+struct Matcher<'a> {
+    rest: &'a [u8],
+}
+
+impl Sink for Matcher<'_> {
+    #[inline]
+    fn mark(&mut self, byte: u8) -> bool {
+        match self.rest.split_first() {
+            Some((&first, tail)) if first == byte => {
+                self.rest = tail;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    #[inline]
+    fn take(&mut self, bytes: &[u8], fold: bool) -> bool {
+        let Some((head, tail)) = self.rest.split_at_checked(bytes.len()) else {
+            return false;
+        };
+        // The stored side was folded when it was encoded; most requests
+        // send it folded too, so the plain comparison comes first.
+        let equal = head == bytes || (fold && head.eq_ignore_ascii_case(bytes));
+        self.rest = tail;
+        equal
+    }
+}
+
+impl<'a> Selecting<'a> {
+    /// The selecting parts of a request.
+    pub(crate) fn new(uri: &'a Uri, headers: &'a HeaderMap, forwarded: bool) -> Self {
+        let mut lines = headers.get_all(http::header::HOST).iter();
+        let host = match (lines.next(), lines.next()) {
+            (None, _) => Host::None,
+            (Some(one), None) => Host::One(one),
+            (Some(_), Some(_)) => Host::Several,
+        };
+        Self {
+            uri,
+            headers,
+            host,
+            forwarded,
+        }
+    }
+
+    /// The same, from the `Host` lines the request's header scan found
+    /// (the short-circuit path: no second lookup).
+    pub(crate) fn scanned(
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+        present: &crate::preconditions::Present<'a>,
+        forwarded: bool,
+    ) -> Self {
+        let host = match (present.host, present.several_hosts) {
+            (_, true) => Host::Several,
+            (Some(one), false) => Host::One(one),
+            (None, false) => Host::None,
+        };
+        Self {
+            uri,
+            headers,
+            host,
+            forwarded,
+        }
+    }
+
+    /// The request target.
+    pub(crate) fn uri(&self) -> &'a Uri {
+        self.uri
+    }
+
+    /// Feeds the selector, part by part, to `sink`; stops as soon as `sink`
+    /// refuses, and returns false then.
+    fn parts(&self, vary: &[HeaderName], sink: &mut impl Sink) -> bool {
+        let target = self.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        if !(sink.take(target.as_bytes(), false) && sink.mark(END)) {
             return false;
         }
         // Host names are case-insensitive (RFC 9110 §4.2.3): the one
         // normalisation every origin makes. Every other byte counts.
-        let hosts = self
-            .headers
-            .get_all(http::header::HOST)
-            .iter()
-            .all(|line| sink(&[LINE]) && lowercase(line.as_bytes(), sink));
-        if !(hosts && sink(&[END])) {
+        let authority = self.uri.authority().map(|a| a.as_str().as_bytes());
+        if !(authority.is_none_or(|a| sink.mark(LINE) && sink.take(a, true)) && sink.mark(END)) {
             return false;
         }
-        let field = |name: &HeaderName, sink: &mut dyn FnMut(&[u8]) -> bool| {
-            self.headers
-                .get_all(name)
-                .iter()
-                .all(|line| sink(&[LINE]) && sink(line.as_bytes()))
-                && sink(&[END])
+        let host = match self.host {
+            Host::None => true,
+            Host::One(line) => sink.mark(LINE) && sink.take(line.as_bytes(), true),
+            Host::Several => false,
         };
+        if !(host && sink.mark(END)) {
+            return false;
+        }
         if self.forwarded
-            && !(field(&X_FORWARDED_HOST, sink) && field(&http::header::FORWARDED, sink))
+            && !(field(self.headers, &X_FORWARDED_HOST, false, sink)
+                && field(self.headers, &http::header::FORWARDED, false, sink))
         {
             return false;
         }
-        vary.iter().all(|name| field(name, sink))
+        vary.iter()
+            .all(|name| field(self.headers, name, false, sink))
     }
 
     /// The selector of the variant this request would create under a
     /// response that varies on `vary`, or `None` when it is longer than
     /// `limit` bytes (such requests are not learned).
     pub(crate) fn encode(&self, vary: &[HeaderName], limit: usize) -> Option<Box<[u8]>> {
-        let mut out = Vec::new();
-        let fits = self.parts(vary, &mut |part| {
-            out.extend_from_slice(part);
-            out.len() <= limit
-        });
-        fits.then(|| out.into_boxed_slice())
+        let mut encoder = Encoder {
+            out: Vec::new(),
+            limit,
+        };
+        self.parts(vary, &mut encoder)
+            .then(|| encoder.out.into_boxed_slice())
     }
 
     /// Whether this request selects the variant stored with `selector`
     /// under `vary`: byte for byte, without allocating.
     pub(crate) fn matches(&self, vary: &[HeaderName], selector: &[u8]) -> bool {
-        let mut rest = selector;
-        self.parts(vary, &mut |part| match rest.strip_prefix(part) {
-            Some(tail) => {
-                rest = tail;
-                true
-            }
-            None => false,
-        }) && rest.is_empty()
+        let mut matcher = Matcher { rest: selector };
+        self.parts(vary, &mut matcher) && matcher.rest.is_empty()
     }
 }
 
-/// Feeds `bytes` ASCII-lowercased to `sink`, through a small stack buffer.
-fn lowercase(bytes: &[u8], sink: &mut impl FnMut(&[u8]) -> bool) -> bool {
-    bytes.chunks(64).all(|chunk| {
-        let mut buffer = [0u8; 64];
-        let lower = &mut buffer[..chunk.len()];
-        lower.copy_from_slice(chunk);
-        lower.make_ascii_lowercase();
-        sink(lower)
-    })
+/// Every line of a field, each after [`LINE`], then [`END`].
+fn field(headers: &HeaderMap, name: &HeaderName, fold: bool, sink: &mut impl Sink) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .all(|line| sink.mark(LINE) && sink.take(line.as_bytes(), fold))
+        && sink.mark(END)
 }
 
 /// The authority a request targets, as bytes: the URI's (HTTP/2,
@@ -331,20 +457,66 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed() {
-        for path in ["/", "/media/x.jpg", "/a/.hidden", "/a/b..c", "/a/..b"] {
+        for path in ["/", "/media/x.jpg", "/a/b..c", "/a/b/c.d.e"] {
             assert!(
                 matches!(normalize_path(path.as_bytes()), Cow::Borrowed(_)),
                 "{path}"
             );
         }
+        // Refused by the quick scan, normalised the long way to themselves.
+        for path in ["/a/.hidden", "/a/..b", "/.well-known/x"] {
+            assert_eq!(norm(path), path);
+        }
+    }
+
+    #[test]
+    fn the_quick_scan_never_passes_a_path_the_long_way_would_change() {
+        // Every path of up to six bytes over an alphabet with every byte
+        // class the scan tells apart.
+        let alphabet = b"/.%aA2";
+        let mut paths = vec![Vec::new()];
+        for _ in 0..6 {
+            let longer: Vec<Vec<u8>> = paths
+                .iter()
+                .flat_map(|p| alphabet.iter().map(move |&b| [p.as_slice(), &[b]].concat()))
+                .collect();
+            paths.extend(longer);
+        }
+        paths.sort();
+        paths.dedup();
+        for path in paths {
+            if is_normal(&path) {
+                let decoded = percent_decode(&path);
+                let mut full = Vec::new();
+                for segment in decoded.split(|&b| b == b'/').filter(|s| !s.is_empty()) {
+                    full.push(b'/');
+                    full.extend(segment.iter().map(u8::to_ascii_lowercase));
+                }
+                if full.is_empty() {
+                    full.push(b'/');
+                }
+                let dots = path.split(|&b| b == b'/').any(|s| s == b"." || s == b"..");
+                assert!(
+                    !dots && full == path,
+                    "{:?}",
+                    String::from_utf8_lossy(&path)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn several_host_lines_never_select_nor_encode() {
+        let uri: Uri = "/a".parse().unwrap();
+        let two = headers(&[("host", b"a.example"), ("host", b"a.example")]);
+        let one = headers(&[("host", b"a.example")]);
+        assert!(selecting(&uri, &two).encode(&[], 1024).is_none());
+        let stored = selecting(&uri, &one).encode(&[], 1024).unwrap();
+        assert!(!selecting(&uri, &two).matches(&[], &stored));
     }
 
     fn selecting<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Selecting<'a> {
-        Selecting {
-            uri,
-            headers,
-            forwarded: false,
-        }
+        Selecting::new(uri, headers, false)
     }
 
     fn headers(lines: &[(&'static str, &[u8])]) -> HeaderMap {
@@ -422,11 +594,7 @@ mod tests {
         let two = headers(&[("x-forwarded-host", b"two.example")]);
         let plain = selecting(&uri, &one).encode(&[], 1024).unwrap();
         assert!(selecting(&uri, &two).matches(&[], &plain));
-        let with = |h| Selecting {
-            uri: &uri,
-            headers: h,
-            forwarded: true,
-        };
+        let with = |h| Selecting::new(&uri, h, true);
         let stored = with(&one).encode(&[], 1024).unwrap();
         assert!(with(&one).matches(&[], &stored));
         assert!(!with(&two).matches(&[], &stored));

@@ -50,7 +50,7 @@ impl Config {
     /// only when the service would otherwise answer 2xx): a configured
     /// write method, or a `POST` where the service has answered `POST`s
     /// with a 2xx (`scope` is the route rule or the path group).
-    pub(crate) fn guards_write(&self, method: &Method, scope: u128) -> bool {
+    pub(crate) fn guards_write(&self, method: &Method, scope: u64) -> bool {
         self.write_methods.contains(method)
             || (method == Method::POST && self.store.accepts_post(scope))
     }

@@ -45,6 +45,9 @@ pub enum Precondition {
 pub(crate) struct Present<'a> {
     /// The first `Host` line, if any.
     pub(crate) host: Option<&'a http::HeaderValue>,
+    /// Whether there is more than one `Host` line (a request RFC 9112
+    /// §3.2 says to refuse).
+    pub(crate) several_hosts: bool,
     /// The `If-None-Match` line when there is exactly one.
     pub(crate) if_none_match_line: Option<&'a http::HeaderValue>,
     pub(crate) if_match: bool,
@@ -61,6 +64,7 @@ impl<'a> Present<'a> {
         let mut present = Self::default();
         for (name, value) in headers {
             let flag = if name == http::header::HOST {
+                present.several_hosts |= present.host.is_some();
                 present.host.get_or_insert(value);
                 continue;
             } else if name == IF_MATCH {

@@ -32,10 +32,10 @@ impl RouteMatch {
     /// Where a `POST` the service accepted counts as accepted: the route
     /// rule when one matched, else the request's path group (without rules,
     /// one accepting path says nothing of the others).
-    pub(crate) fn scope(self, key: crate::key::Key) -> u128 {
-        const RULE: u128 = 1 << 127;
+    pub(crate) fn scope(self, key: crate::key::Key) -> u64 {
+        const RULE: u64 = 1 << 63;
         match self {
-            RouteMatch::Rule(index) => RULE | index as u128,
+            RouteMatch::Rule(index) => RULE | index as u64,
             RouteMatch::None | RouteMatch::Excluded => key.hash() & !RULE,
         }
     }

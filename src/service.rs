@@ -102,7 +102,7 @@ where
         // judges its preconditions: it may not accept the method at all).
         let guarded = write && config.guards_write(&method, route.scope(key));
         if write && guarded && config.verify_writes {
-            return self.conditional_write(request, route, now, store_allowed);
+            return self.conditional_write(request, route, key, now, store_allowed);
         }
         let ranged = method == Method::GET && present.range && present.if_range;
         let needs_entry = (conditional && (!write || guarded))
@@ -110,11 +110,8 @@ where
             || method == Method::HEAD
             || (config.authoritative && present.range);
         let entry = if store_allowed && needs_entry {
-            let selecting = Selecting {
-                uri: request.uri(),
-                headers,
-                forwarded: config.forwarded_host,
-            };
+            let selecting =
+                Selecting::scanned(request.uri(), headers, &present, config.forwarded_host);
             config.store.lookup(key, selecting)
         } else {
             None
@@ -158,6 +155,7 @@ where
             self.config.clone(),
             &request,
             route,
+            key,
             now,
             store_allowed,
             entry,
@@ -229,6 +227,7 @@ impl<S: Clone> MediaCache<S> {
         &mut self,
         request: Request<ReqBody>,
         route: RouteMatch,
+        key: Key,
         now: std::time::SystemTime,
         store_allowed: bool,
     ) -> ResponseFuture<S::Future, ResBody>
@@ -238,8 +237,16 @@ impl<S: Clone> MediaCache<S> {
         ResBody: Body,
     {
         let config = self.config.clone();
-        let ctx = Ctx::new(config.clone(), &request, route, now, store_allowed, None);
-        let lock = config.store.write_lock(Key::of(request.uri()));
+        let ctx = Ctx::new(
+            config.clone(),
+            &request,
+            route,
+            key,
+            now,
+            store_allowed,
+            None,
+        );
+        let lock = config.store.write_lock(key);
         let turn: WriteTurn = Box::pin(lock.lock_owned());
         let (parts, body) = request.into_parts();
         let probe = config

@@ -173,8 +173,8 @@ pub(crate) struct Epoch {
 #[derive(Debug, Clone)]
 struct ByteWeight;
 
-impl quick_cache::Weighter<u128, Arc<Resource>> for ByteWeight {
-    fn weight(&self, _key: &u128, resource: &Arc<Resource>) -> u64 {
+impl quick_cache::Weighter<u64, Arc<Resource>> for ByteWeight {
+    fn weight(&self, _key: &u64, resource: &Arc<Resource>) -> u64 {
         resource.weight
     }
 }
@@ -182,10 +182,10 @@ impl quick_cache::Weighter<u128, Arc<Resource>> for ByteWeight {
 #[derive(Debug, Clone)]
 struct CountEvictions(Arc<Counters>);
 
-impl quick_cache::Lifecycle<u128, Arc<Resource>> for CountEvictions {
+impl quick_cache::Lifecycle<u64, Arc<Resource>> for CountEvictions {
     type RequestState = ();
 
-    fn on_evict(&self, _state: &mut (), _key: u128, resource: Arc<Resource>) {
+    fn on_evict(&self, _state: &mut (), _key: u64, resource: Arc<Resource>) {
         if resource.superseded.load(Ordering::Acquire) {
             return;
         }
@@ -201,7 +201,7 @@ impl quick_cache::Lifecycle<u128, Arc<Resource>> for CountEvictions {
 }
 
 type Map = quick_cache::sync::Cache<
-    u128,
+    u64,
     Arc<Resource>,
     ByteWeight,
     quick_cache::DefaultHashBuilder,
@@ -234,7 +234,7 @@ pub(crate) struct Store {
     /// Routes and paths whose `POST`s the service answered with a 2xx, so
     /// that a failed precondition on a `POST` there is answered 412 by the
     /// layer (elsewhere the service may not accept `POST` at all).
-    accepted_posts: Mutex<HashSet<u128>>,
+    accepted_posts: Mutex<HashSet<u64>>,
     pub(crate) counters: Arc<Counters>,
     /// The invalidation bus's state: odd while connected (always, without a
     /// bus), even while not; bumped by every change. While disconnected, and
@@ -447,7 +447,7 @@ impl Store {
 
     /// Records that the service answered a `POST` under `scope` (a route
     /// rule or a path group, see `service.rs`) with a 2xx.
-    pub(crate) fn accept_post(&self, scope: u128) {
+    pub(crate) fn accept_post(&self, scope: u64) {
         let mut accepted = self
             .accepted_posts
             .lock()
@@ -459,7 +459,7 @@ impl Store {
     }
 
     /// Whether [`Store::accept_post`] recorded `scope`.
-    pub(crate) fn accepts_post(&self, scope: u128) -> bool {
+    pub(crate) fn accepts_post(&self, scope: u64) -> bool {
         self.accepted_posts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -503,7 +503,7 @@ impl Store {
         started: Epoch,
     ) -> Result<(), NotLearned> {
         let Some(selector) = request.encode(vary, MAX_SELECTOR_BYTES) else {
-            return Err(self.too_large(request.uri));
+            return Err(self.too_large(request.uri()));
         };
         let variant = Variant {
             vary: vary.into(),
@@ -511,15 +511,15 @@ impl Store {
             entry: Arc::new(entry),
         };
         if variant.weight() > MAX_ENTRY_BYTES {
-            return Err(self.too_large(request.uri));
+            return Err(self.too_large(request.uri()));
         }
-        let path: Box<[u8]> = normalize_path(request.uri.path().as_bytes()).into();
+        let path: Box<[u8]> = normalize_path(request.uri().path().as_bytes()).into();
         let _global = self.global_lock.read().unwrap_or_else(|e| e.into_inner());
         let _stripe = lock(&self.stripe_locks[started.stripe]);
         if self.epoch_moved(started) {
             // An invalidation covering this group ran while the response was
             // produced: what it says may be older than the write.
-            tracing::debug!(uri = %request.uri, "learn discarded: invalidated while in flight");
+            tracing::debug!(uri = %request.uri(), "learn discarded: invalidated while in flight");
             return Err(NotLearned::Invalidated);
         }
         let mut variants: Vec<Variant> = Vec::with_capacity(2);
@@ -547,7 +547,7 @@ impl Store {
         self.map
             .insert(key.hash(), Arc::new(Resource::new(path, variants)));
         self.counters.learned.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(uri = %request.uri, "validator learned");
+        tracing::debug!(uri = %request.uri(), "validator learned");
         Ok(())
     }
 
@@ -858,11 +858,7 @@ impl Store {
         let uri: Uri = path.parse().unwrap();
         let headers = HeaderMap::new();
         let key = Key::of(&uri);
-        let request = Selecting {
-            uri: &uri,
-            headers: &headers,
-            forwarded: false,
-        };
+        let request = Selecting::new(&uri, &headers, false);
         self.learn(key, request, &[], entry, self.epoch(key))
             .unwrap();
     }
@@ -871,11 +867,7 @@ impl Store {
     pub(crate) fn lookup_path(&self, path: &str) -> Option<Found> {
         let uri: Uri = path.parse().unwrap();
         let headers = HeaderMap::new();
-        let request = Selecting {
-            uri: &uri,
-            headers: &headers,
-            forwarded: false,
-        };
+        let request = Selecting::new(&uri, &headers, false);
         self.lookup(Key::of(&uri), request)
     }
 }
@@ -905,11 +897,7 @@ mod tests {
     }
 
     fn at<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Selecting<'a> {
-        Selecting {
-            uri,
-            headers,
-            forwarded: false,
-        }
+        Selecting::new(uri, headers, false)
     }
 
     fn learn(store: &Store, uri: &str, h: &HeaderMap, vary: &[HeaderName], tag: &str) {

@@ -331,11 +331,7 @@ mod tests {
     fn learn_started(store: &Store, started: crate::store::Epoch) -> bool {
         let uri: http::Uri = "/a".parse().unwrap();
         let headers = HeaderMap::new();
-        let request = crate::key::Selecting {
-            uri: &uri,
-            headers: &headers,
-            forwarded: false,
-        };
+        let request = crate::key::Selecting::new(&uri, &headers, false);
         store
             .learn(Key::of(&uri), request, &[], entry(), started)
             .is_ok()

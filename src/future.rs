@@ -1,7 +1,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
@@ -16,11 +15,12 @@ use pin_project_lite::pin_project;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::body::{Buffered, ResponseBody};
+use crate::config::Config;
 use crate::fingerprint::Fingerprint;
+use crate::handle::Counter;
 use crate::headers::{EntityTag, HttpDate};
 use crate::inner::Pending;
 use crate::key::{Key, Selecting};
-use crate::layer::Config;
 use crate::policy::{CachePolicy, Directives, ProbeFuture, Trust};
 use crate::preconditions::{self, Precondition};
 use crate::range::{self, RangeAnswer};
@@ -164,7 +164,7 @@ where
                         (None, Some(probe)) => State::Probing { probe, held },
                         (None, None) => {
                             let mut held = held.expect("request held until called");
-                            ctx.count(|c| &c.validator_fetches);
+                            ctx.count(Counter::ValidatorFetches);
                             State::Fetching {
                                 future: held.fetch(),
                                 held: Some(held),
@@ -430,8 +430,8 @@ impl Ctx {
         Selecting::new(&self.uri, &self.request_headers, self.config.forwarded_host)
     }
 
-    fn count(&self, counter: impl Fn(&store::Counters) -> &std::sync::atomic::AtomicU64) {
-        counter(&self.config.store.counters).fetch_add(1, Ordering::Relaxed);
+    fn count(&self, counter: Counter) {
+        self.config.store.counters.bump(counter);
     }
 
     /// The entry found in `call`, when it may answer without the service
@@ -530,11 +530,7 @@ impl Ctx {
         key: &str,
         now: SystemTime,
     ) -> Response<ResponseBody<B>> {
-        config
-            .store
-            .counters
-            .short_circuit_not_modified
-            .fetch_add(1, Ordering::Relaxed);
+        config.store.counters.bump(Counter::ShortCircuitNotModified);
         tracing::debug!(key, "304 from the validator store");
         build::not_modified(
             entry.headers.clone(),
@@ -554,8 +550,7 @@ impl Ctx {
         config
             .store
             .counters
-            .short_circuit_precondition_failed
-            .fetch_add(1, Ordering::Relaxed);
+            .bump(Counter::ShortCircuitPreconditionFailed);
         tracing::debug!(key, "412 from known validators");
         build::precondition_failed(current, now, ResponseBody::empty())
     }
@@ -566,11 +561,7 @@ impl Ctx {
         &mut self,
         current: Option<Validators>,
     ) -> Result<Response<ResponseBody<B>>, bool> {
-        self.config
-            .store
-            .counters
-            .probes
-            .fetch_add(1, Ordering::Relaxed);
+        self.config.store.counters.bump(Counter::Probes);
         let Some(current) = current.filter(|v| !v.is_empty()) else {
             // Unknown: a range the service would cut unchecked is not sent.
             return Err(self.unverified_if_range);
@@ -591,8 +582,7 @@ impl Ctx {
                         self.config
                             .store
                             .counters
-                            .short_circuit_not_modified
-                            .fetch_add(1, Ordering::Relaxed);
+                            .bump(Counter::ShortCircuitNotModified);
                         tracing::debug!(key = self.key(), "304 from the probe");
                         let policy = self.config.rules.request_policy(self.route);
                         build::not_modified(
@@ -753,12 +743,9 @@ impl Ctx {
     }
 
     fn count_unhashed(&self, budget: bool) {
-        let counters = &self.config.store.counters;
-        counters.streamed_unhashed.fetch_add(1, Ordering::Relaxed);
+        self.count(Counter::StreamedUnhashed);
         if budget {
-            counters
-                .buffer_budget_exhausted
-                .fetch_add(1, Ordering::Relaxed);
+            self.count(Counter::BufferBudgetExhausted);
         }
         tracing::debug!(
             key = self.key(),
@@ -833,11 +820,7 @@ impl Ctx {
             head.headers.insert(ETAG, etag.header_value().clone());
             self.validators = std::mem::take(&mut self.validators).with_etag(etag.clone());
         }
-        self.config
-            .store
-            .counters
-            .hashed
-            .fetch_add(1, Ordering::Relaxed);
+        self.config.store.counters.bump(Counter::Hashed);
         etag
     }
 
@@ -890,8 +873,7 @@ impl Ctx {
                     self.config
                         .store
                         .counters
-                        .not_modified_from_inner
-                        .fetch_add(1, Ordering::Relaxed);
+                        .bump(Counter::NotModifiedFromInner);
                     return build::not_modified(
                         build::not_modified_headers(&head.headers),
                         None,
@@ -903,8 +885,7 @@ impl Ctx {
                     self.config
                         .store
                         .counters
-                        .precondition_failed_from_inner
-                        .fetch_add(1, Ordering::Relaxed);
+                        .bump(Counter::PreconditionFailedFromInner);
                     return build::precondition_failed(
                         &self.validators,
                         self.now,

@@ -6,10 +6,12 @@ use http::Method;
 use tower_layer::Layer;
 
 use crate::body::Budget;
+use crate::config::Config;
+use crate::handle::CacheHandle;
 use crate::policy::CachePolicy;
 use crate::rules::{Rule, Rules};
 use crate::service::MediaCache;
-use crate::store::{CacheHandle, Store};
+use crate::store::Store;
 
 /// Default per-response limit on bytes buffered to compute a content ETag.
 pub const DEFAULT_MAX_BUFFER: u64 = 16 * 1024 * 1024;
@@ -20,41 +22,6 @@ pub const DEFAULT_STORE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 /// What [`MediaCacheLayer::store_capacity`] used to count: the bytes an
 /// average variant holds, to convert a count of variants into bytes.
 const APPROXIMATE_VARIANT_BYTES: u64 = 1024;
-
-pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
-
-/// Everything a [`MediaCache`] needs, shared by all its clones.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) rules: Rules,
-    pub(crate) max_buffer: u64,
-    pub(crate) budget: Arc<Budget>,
-    pub(crate) store: Arc<Store>,
-    pub(crate) clock: Clock,
-    /// `Some` when fingerprinted URLs are on: the policy for verified ones.
-    pub(crate) fingerprints: Option<CachePolicy>,
-    /// The layer is the only authority on validators.
-    pub(crate) authoritative: bool,
-    /// `X-Forwarded-Host` and `Forwarded` select store variants.
-    pub(crate) forwarded_host: bool,
-    /// Methods whose failed preconditions the layer answers with 412 alone.
-    pub(crate) write_methods: Vec<Method>,
-    /// Learn the current validators before a conditional write when none is
-    /// trusted.
-    pub(crate) verify_writes: bool,
-}
-
-impl Config {
-    /// Whether a conditional request with this method is a write whose
-    /// failed precondition the layer answers 412 itself (RFC 9110 §13.2.1:
-    /// only when the service would otherwise answer 2xx): a configured
-    /// write method, or a `POST` where the service has answered `POST`s
-    /// with a 2xx (`scope` is the route rule or the path group).
-    pub(crate) fn guards_write(&self, method: &Method, scope: u64) -> bool {
-        self.write_methods.contains(method)
-            || (method == Method::POST && self.store.accepts_post(scope))
-    }
-}
 
 /// [`Layer`] that makes a service cache-friendly for media fetchers: adds
 /// validators and `Cache-Control`, and answers conditional requests.

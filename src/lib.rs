@@ -51,8 +51,10 @@
 
 mod body;
 pub mod bus;
+mod config;
 pub mod fingerprint;
 mod future;
+mod handle;
 mod headers;
 mod inner;
 mod key;
@@ -72,6 +74,7 @@ pub use bus::redis::RedisBus;
 pub use bus::{BusLink, Invalidation, InvalidationBus, NoopBus};
 pub use fingerprint::{fingerprint_with, fingerprinted_path};
 pub use future::ResponseFuture;
+pub use handle::{CacheHandle, Stats};
 pub use headers::{EntityTag, InvalidEntityTag};
 pub use layer::{
     DEFAULT_BUFFER_BUDGET, DEFAULT_MAX_BUFFER, DEFAULT_STORE_CAPACITY_BYTES, MediaCacheLayer,
@@ -79,5 +82,4 @@ pub use layer::{
 pub use policy::{CachePolicy, Probe, ProbeFuture, Trust};
 pub use range::MAX_RANGES;
 pub use service::MediaCache;
-pub use store::{CacheHandle, Stats};
 pub use validators::{Validators, content_etag};

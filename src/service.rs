@@ -9,11 +9,11 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
+use crate::config::Config;
 use crate::fingerprint::Fingerprint;
 use crate::future::{Ctx, ResponseFuture, WriteTurn};
 use crate::inner::Held;
 use crate::key::{Key, Selecting};
-use crate::layer::Config;
 use crate::preconditions::{self, Precondition, Present};
 use crate::rules::RouteMatch;
 

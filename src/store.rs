@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderName, Uri};
 
 use crate::bus::{BusLink, Invalidation, InvalidationBus};
+use crate::handle::{Counter, Counters};
 use crate::headers::HttpDate;
 use crate::key::{Key, Selecting, normalize_path};
 use crate::validators::Validators;
@@ -189,9 +190,7 @@ impl quick_cache::Lifecycle<u64, Arc<Resource>> for CountEvictions {
         if resource.superseded.load(Ordering::Acquire) {
             return;
         }
-        self.0
-            .evicted
-            .fetch_add(resource.variants.len() as u64, Ordering::Relaxed);
+        self.0.add(Counter::Evicted, resource.variants.len() as u64);
         self.0.count_variants(0, resource.variants.len());
         tracing::debug!(
             variants = resource.variants.len(),
@@ -302,9 +301,7 @@ impl Found {
                     && (at_lookup % 2 == 0 || state.load(Ordering::SeqCst) != *at_lookup) =>
             {
                 if !self.fallback_counted.swap(true, Ordering::Relaxed) {
-                    counters
-                        .bus_disconnected_fallbacks
-                        .fetch_add(1, Ordering::Relaxed);
+                    counters.bump(Counter::BusDisconnectedFallbacks);
                 }
                 false
             }
@@ -403,7 +400,7 @@ impl Store {
     /// Applies an invalidation received from another replica, without
     /// publishing it.
     pub(crate) fn apply_remote(&self, invalidation: &Invalidation) {
-        self.counters.bus_received.fetch_add(1, Ordering::Relaxed);
+        self.counters.bump(Counter::BusReceived);
         match invalidation {
             Invalidation::Key(path) => {
                 self.invalidate_here(Key::of_path(path.as_bytes()));
@@ -546,15 +543,13 @@ impl Store {
         self.counters.count_variants(variants.len(), replaced);
         self.map
             .insert(key.hash(), Arc::new(Resource::new(path, variants)));
-        self.counters.learned.fetch_add(1, Ordering::Relaxed);
+        self.counters.bump(Counter::Learned);
         tracing::debug!(uri = %request.uri(), "validator learned");
         Ok(())
     }
 
     fn too_large(&self, uri: &Uri) -> NotLearned {
-        self.counters
-            .not_learned_too_large
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.bump(Counter::NotLearnedTooLarge);
         tracing::debug!(
             path_bytes = uri.path().len(),
             "not learned: request or entry over the store's size limits"
@@ -634,180 +629,18 @@ impl Store {
     }
 
     fn count_invalidated(&self, n: usize) {
-        self.counters
-            .invalidated
-            .fetch_add(n as u64, Ordering::Relaxed);
+        self.counters.add(Counter::Invalidated, n as u64);
         self.counters.count_variants(0, n);
     }
 
     /// Variants stored: a gauge kept by every insert and removal, O(1).
     pub(crate) fn len(&self) -> usize {
-        self.counters.variants.load(Ordering::Relaxed) as usize
+        self.counters.variants() as usize
     }
 
     /// Bytes held by the entries: the map's total weight, O(shards).
     pub(crate) fn bytes(&self) -> u64 {
         self.map.weight()
-    }
-}
-
-/// Counters of what the layer did, shared by the service and its handle.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) short_circuit_not_modified: AtomicU64,
-    pub(crate) short_circuit_precondition_failed: AtomicU64,
-    pub(crate) not_modified_from_inner: AtomicU64,
-    pub(crate) precondition_failed_from_inner: AtomicU64,
-    pub(crate) learned: AtomicU64,
-    pub(crate) evicted: AtomicU64,
-    pub(crate) invalidated: AtomicU64,
-    pub(crate) probes: AtomicU64,
-    pub(crate) hashed: AtomicU64,
-    pub(crate) streamed_unhashed: AtomicU64,
-    pub(crate) buffer_budget_exhausted: AtomicU64,
-    pub(crate) bus_disconnected_fallbacks: AtomicU64,
-    pub(crate) bus_received: AtomicU64,
-    pub(crate) not_learned_too_large: AtomicU64,
-    pub(crate) validator_fetches: AtomicU64,
-    /// A gauge, not a counter: the variants in the store now.
-    pub(crate) variants: AtomicU64,
-}
-
-impl Counters {
-    /// Moves the `variants` gauge by `added - removed`, never below zero.
-    fn count_variants(&self, added: usize, removed: usize) {
-        let _ = self
-            .variants
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some((n + added as u64).saturating_sub(removed as u64))
-            });
-    }
-}
-
-/// A snapshot of the layer's counters, from [`CacheHandle::stats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// 304s answered from the store or a probe, without the inner service.
-    pub short_circuit_not_modified: u64,
-    /// 412s answered from the store or a probe, without the inner service.
-    pub short_circuit_precondition_failed: u64,
-    /// 304s the layer made from the inner service's 2xx answers.
-    pub not_modified_from_inner: u64,
-    /// 412s the layer made from the inner service's 2xx answers.
-    pub precondition_failed_from_inner: u64,
-    /// Variants learned.
-    pub learned: u64,
-    /// Variants evicted to respect the capacity.
-    pub evicted: u64,
-    /// Variants removed by invalidation.
-    pub invalidated: u64,
-    /// Probe calls.
-    pub probes: u64,
-    /// Response bodies buffered and hashed for a content ETag.
-    pub hashed: u64,
-    /// Bodies that streamed through without an ETag: over the per-response
-    /// limit or over the global buffer budget.
-    pub streamed_unhashed: u64,
-    /// Of those, the ones that streamed because the global budget was used up.
-    pub buffer_budget_exhausted: u64,
-    /// Requests that a trusted entry would have answered but that went to
-    /// the inner service because the invalidation bus was disconnected.
-    pub bus_disconnected_fallbacks: u64,
-    /// Invalidations received from other replicas over the invalidation bus
-    /// and applied.
-    pub bus_received: u64,
-    /// Requests not learned because their selector (path and query,
-    /// authority, `Vary`'d values) or their entry is over the store's size
-    /// limits.
-    pub not_learned_too_large: u64,
-    /// `GET`s the layer sent to the inner service to learn the current
-    /// validators before letting a conditional write through.
-    pub validator_fetches: u64,
-    /// Variants in the store now.
-    pub entries: u64,
-    /// Bytes the store's entries hold now (an estimate of everything they
-    /// keep: selectors, header sets, validators), bounded by
-    /// [`MediaCacheLayer::store_capacity_bytes`](crate::MediaCacheLayer::store_capacity_bytes).
-    pub store_bytes: u64,
-}
-
-/// Invalidation and counters for a layer's validator store. Cheap to clone;
-/// every clone acts on the same store.
-///
-/// ```
-/// use tower_media_cache::{CachePolicy, MediaCacheLayer};
-///
-/// let layer = MediaCacheLayer::new(CachePolicy::no_cache());
-/// let handle = layer.handle();
-/// handle.invalidate("/media/AAAA.jpg");
-/// handle.invalidate_prefix("/media/");
-/// assert_eq!(handle.stats().entries, 0);
-/// ```
-#[derive(Debug, Clone)]
-pub struct CacheHandle {
-    pub(crate) store: Arc<Store>,
-}
-
-impl CacheHandle {
-    /// Forgets a resource: every stored variant of its path, under every
-    /// spelling of that path (percent-encoding, case, dot segments, repeated
-    /// or trailing slashes), every query, every host and every `Vary` value.
-    /// A query, scheme or authority in `uri` is ignored. Returns whether
-    /// anything was stored.
-    ///
-    /// With an [invalidation bus](crate::bus), the other replicas are told
-    /// too, before this returns (queued on the bus).
-    pub fn invalidate(&self, uri: &str) -> bool {
-        match uri.parse::<Uri>() {
-            Ok(parsed) => self.store.invalidate(parsed.path()),
-            Err(_) => self.store.invalidate(uri),
-        }
-    }
-
-    /// Forgets every resource whose path starts with `prefix` (for example
-    /// `/media/`), both compared in their normalised spelling; a prefix that
-    /// ends with `/` also covers the directory itself. Costs a walk over the
-    /// store.
-    pub fn invalidate_prefix(&self, prefix: &str) {
-        self.store.invalidate_prefix(prefix);
-    }
-
-    /// Forgets everything.
-    pub fn clear(&self) {
-        self.store.clear();
-    }
-
-    /// Whether the store may answer from its entries as far as the
-    /// [invalidation bus](crate::bus) is concerned: `true` without a bus,
-    /// otherwise whether the bus is connected.
-    pub fn bus_connected(&self) -> bool {
-        self.store.bus_connected()
-    }
-
-    /// A snapshot of the counters.
-    pub fn stats(&self) -> Stats {
-        let c = &self.store.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Stats {
-            short_circuit_not_modified: get(&c.short_circuit_not_modified),
-            short_circuit_precondition_failed: get(&c.short_circuit_precondition_failed),
-            not_modified_from_inner: get(&c.not_modified_from_inner),
-            precondition_failed_from_inner: get(&c.precondition_failed_from_inner),
-            learned: get(&c.learned),
-            evicted: get(&c.evicted),
-            invalidated: get(&c.invalidated),
-            probes: get(&c.probes),
-            hashed: get(&c.hashed),
-            streamed_unhashed: get(&c.streamed_unhashed),
-            buffer_budget_exhausted: get(&c.buffer_budget_exhausted),
-            bus_disconnected_fallbacks: get(&c.bus_disconnected_fallbacks),
-            bus_received: get(&c.bus_received),
-            not_learned_too_large: get(&c.not_learned_too_large),
-            validator_fetches: get(&c.validator_fetches),
-            entries: self.store.len() as u64,
-            store_bytes: self.store.bytes(),
-        }
     }
 }
 
@@ -1068,10 +901,10 @@ mod tests {
         }
         assert!(store.bytes() <= 64 * 1024, "{}", store.bytes());
         assert!(store.len() < 200, "{}", store.len());
-        assert!(store.counters.evicted.load(Ordering::Relaxed) >= 1800);
+        assert!(store.counters.get(Counter::Evicted) >= 1800);
         assert_eq!(
             store.len() as u64,
-            2000 - store.counters.evicted.load(Ordering::Relaxed)
+            2000 - store.counters.get(Counter::Evicted)
         );
     }
 
@@ -1108,10 +941,7 @@ mod tests {
             Err(NotLearned::TooLarge)
         );
         assert_eq!(store.len(), 0);
-        assert_eq!(
-            store.counters.not_learned_too_large.load(Ordering::Relaxed),
-            3
-        );
+        assert_eq!(store.counters.get(Counter::NotLearnedTooLarge), 3);
     }
 
     #[test]

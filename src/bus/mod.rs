@@ -284,6 +284,7 @@ mod tests {
 
     use super::*;
     use crate::EntityTag;
+    use crate::handle::Counter;
     use crate::headers::HttpDate;
     use crate::key::Key;
     use crate::store::{Entry, TrustedUntil};
@@ -374,12 +375,7 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH;
         assert!(!found.is_trusted(now));
         assert!(!found.is_trusted(now));
-        let counted = || {
-            store
-                .counters
-                .bus_disconnected_fallbacks
-                .load(Ordering::Relaxed)
-        };
+        let counted = || store.counters.get(Counter::BusDisconnectedFallbacks);
         assert_eq!(counted(), 1);
         assert_eq!(trusted(&store, "/a"), Some(false));
         assert_eq!(counted(), 2);
@@ -451,7 +447,7 @@ mod tests {
         assert!(link.apply(&Invalidation::Clear));
         assert_eq!(trusted(&store, "/b"), None);
         assert_eq!(bus.published(), []);
-        assert_eq!(store.counters.bus_received.load(Ordering::Relaxed), 3);
+        assert_eq!(store.counters.get(Counter::BusReceived), 3);
     }
 
     #[test]

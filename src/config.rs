@@ -1,0 +1,48 @@
+//! What a [`MediaCache`](crate::MediaCache) is configured with: built by
+//! [`MediaCacheLayer`](crate::MediaCacheLayer), shared by every clone of the
+//! service and read by its response futures.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::Method;
+
+use crate::body::Budget;
+use crate::policy::CachePolicy;
+use crate::rules::Rules;
+use crate::store::Store;
+
+pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// Everything a [`MediaCache`] needs, shared by all its clones.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) rules: Rules,
+    pub(crate) max_buffer: u64,
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) clock: Clock,
+    /// `Some` when fingerprinted URLs are on: the policy for verified ones.
+    pub(crate) fingerprints: Option<CachePolicy>,
+    /// The layer is the only authority on validators.
+    pub(crate) authoritative: bool,
+    /// `X-Forwarded-Host` and `Forwarded` select store variants.
+    pub(crate) forwarded_host: bool,
+    /// Methods whose failed preconditions the layer answers with 412 alone.
+    pub(crate) write_methods: Vec<Method>,
+    /// Learn the current validators before a conditional write when none is
+    /// trusted.
+    pub(crate) verify_writes: bool,
+}
+
+impl Config {
+    /// Whether a conditional request with this method is a write whose
+    /// failed precondition the layer answers 412 itself (RFC 9110 §13.2.1:
+    /// only when the service would otherwise answer 2xx): a configured
+    /// write method, or a `POST` where the service has answered `POST`s
+    /// with a 2xx (`scope` is the route rule or the path group).
+    pub(crate) fn guards_write(&self, method: &Method, scope: u64) -> bool {
+        self.write_methods.contains(method)
+            || (method == Method::POST && self.store.accepts_post(scope))
+    }
+}

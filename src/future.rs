@@ -438,10 +438,11 @@ impl Ctx {
     /// now. Trust is re-read at each use on purpose: an invalidation bus can
     /// disconnect between the lookup and the answer, and nothing learned
     /// before that may be used after it.
-    fn trusted_entry(&self) -> Option<&Found> {
+    fn trusted_entry(&self) -> Option<&Entry> {
         self.entry
             .as_ref()
-            .filter(|entry| entry.is_trusted(self.now))
+            .filter(|found| found.may_answer(self.now))
+            .map(Found::entry)
     }
 
     /// Looks the entry up again: a write that waited for its turn must see
@@ -568,7 +569,7 @@ impl Ctx {
         };
         match preconditions::evaluate(&self.method, &self.request_headers, &current) {
             Precondition::NotModified => {
-                let known = self.entry.as_ref().filter(|entry| {
+                let known = self.entry.as_ref().map(Found::entry).filter(|entry| {
                     match (entry.validators.etag(), current.etag()) {
                         (Some(a), Some(b)) => a.weak_eq(b),
                         _ => false,
@@ -668,11 +669,7 @@ impl Ctx {
             // it (a hash for a 200 to GET, the trusted entry's otherwise).
             head.headers.remove(ETAG);
             if status == StatusCode::PARTIAL_CONTENT
-                && let Some(etag) = self
-                    .entry
-                    .as_ref()
-                    .filter(|e| e.is_trusted(self.now))
-                    .and_then(|e| e.validators.etag())
+                && let Some(etag) = self.trusted_entry().and_then(|e| e.validators.etag())
             {
                 head.headers.insert(ETAG, etag.header_value().clone());
             }
@@ -691,7 +688,7 @@ impl Ctx {
         // fill in what the service did not send, so HEAD agrees with GET.
         if self.method == Method::HEAD
             && self.validators.etag().is_none()
-            && let Some(entry) = self.entry.as_ref().filter(|e| e.is_trusted(self.now))
+            && let Some(entry) = self.trusted_entry()
         {
             let mut known = entry.validators.clone();
             if let Some(date) = self.validators.last_modified_date() {
@@ -734,9 +731,7 @@ impl Ctx {
         // Not hashed: a fingerprint can only be vouched for by a trusted
         // entry learned from a verified answer (a HEAD after a GET).
         let known = self
-            .entry
-            .as_ref()
-            .filter(|e| e.is_trusted(self.now))
+            .trusted_entry()
             .and_then(|e| e.validators.etag().cloned());
         self.settle_fingerprint(&mut head.headers, known.as_ref());
         Plan::Finish
@@ -923,7 +918,7 @@ impl Ctx {
         };
         let now = HttpDate::from_system_time(self.now);
         let previous = self.config.store.lookup(self.key, self.selecting());
-        let first_seen = match previous {
+        let first_seen = match previous.as_ref().map(Found::entry) {
             Some(entry) if entry.validators.etag().is_some_and(|e| e.weak_eq(etag)) => {
                 entry.first_seen
             }
@@ -948,7 +943,7 @@ impl Ctx {
         {
             return;
         }
-        let Some(vary) = store::vary_names(headers) else {
+        let Some(vary) = crate::key::vary_names(headers) else {
             return;
         };
         // `Date` first: a 304 answered from this entry overwrites it in
@@ -959,11 +954,7 @@ impl Ctx {
         let entry = Entry {
             validators: self.validators.clone(),
             headers: stored,
-            trusted_until: store::trusted_until(
-                self.trust,
-                self.directives.reuse_lifetime(),
-                self.now,
-            ),
+            trusted_until: self.trust.until(self.directives.reuse_lifetime(), self.now),
             expires_after: self.expires_after,
             first_seen: self
                 .first_seen

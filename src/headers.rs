@@ -195,13 +195,8 @@ fn is_ows(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
-pub(crate) fn trim_ows(mut bytes: &[u8]) -> &[u8] {
-    while let [first, rest @ ..] = bytes {
-        if !is_ows(*first) {
-            break;
-        }
-        bytes = rest;
-    }
+pub(crate) fn trim_ows(bytes: &[u8]) -> &[u8] {
+    let mut bytes = trim_ows_start(bytes);
     while let [rest @ .., last] = bytes {
         if !is_ows(*last) {
             break;
@@ -209,6 +204,23 @@ pub(crate) fn trim_ows(mut bytes: &[u8]) -> &[u8] {
         bytes = rest;
     }
     bytes
+}
+
+/// The members of a comma-separated list value (RFC 9110 §5.6.1): split on
+/// every comma, spaces and tabs trimmed, empty members skipped. For lists
+/// of tokens and `name=value` items (`Vary`, `Cache-Control`, `Range`);
+/// entity-tag lists, whose quoted strings may hold commas, have their own
+/// scanner below.
+pub(crate) fn members(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|member| !member.is_empty())
+}
+
+/// [`members`] over every line of a field, in order.
+pub(crate) fn list_members<'a>(lines: GetAll<'a, HeaderValue>) -> impl Iterator<Item = &'a [u8]> {
+    lines.into_iter().flat_map(|line| members(line.as_bytes()))
 }
 
 /// Scans one entity tag at the start of `bytes`; returns it and what follows.

@@ -343,6 +343,24 @@ fn field(headers: &HeaderMap, name: &HeaderName, fold: bool, sink: &mut impl Sin
         && sink.mark(END)
 }
 
+/// The field names a response's `Vary` lists (RFC 9110 §12.5.5), each once,
+/// in order; `None` for `Vary: *` (the response varies on something no
+/// request field tells: never stored).
+pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for member in crate::headers::list_members(headers.get_all(http::header::VARY)) {
+        if member == b"*" {
+            return None;
+        }
+        if let Ok(name) = HeaderName::from_bytes(member)
+            && !names.contains(&name)
+        {
+            names.push(name);
+        }
+    }
+    Some(names)
+}
+
 /// The authority a request targets, as bytes: the URI's (HTTP/2,
 /// absolute-form) or the first `Host` line's; empty when neither.
 pub(crate) fn authority_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a [u8] {
@@ -623,6 +641,18 @@ mod tests {
             Some("/b".into())
         );
         assert_eq!(same_host_path(b"/b\xff", &base, host), None);
+    }
+
+    #[test]
+    fn vary_star_is_reported() {
+        assert_eq!(vary_names(&headers(&[("vary", b"accept, *")])), None);
+        assert_eq!(
+            vary_names(&headers(&[
+                ("vary", b"Accept-Encoding"),
+                ("vary", b"accept-encoding, origin")
+            ])),
+            Some(vec![http::header::ACCEPT_ENCODING, http::header::ORIGIN])
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime};
 use http::HeaderValue;
 use http::request::Parts;
 
+use crate::headers::add_saturating;
 use crate::validators::Validators;
 
 /// How long a response may be cached and by whom: the `Cache-Control` value
@@ -88,6 +89,45 @@ pub enum Trust {
     UntilInvalidated,
     /// Never trusted. The default for `no-cache` and `no-store` policies.
     Never,
+}
+
+impl Trust {
+    /// Until when an entry learned `now` may answer alone under this mode,
+    /// given the reuse lifetime of the `Cache-Control` actually sent (the
+    /// smaller of `max-age` and `s-maxage`; `None` for `no-cache`/`no-store`).
+    /// Saturates: a lifetime of any size never overflows.
+    pub(crate) fn until(self, reuse_lifetime: Option<u64>, now: SystemTime) -> TrustedUntil {
+        match self {
+            Trust::MaxAge => match reuse_lifetime {
+                Some(secs) if secs > 0 => {
+                    TrustedUntil::At(add_saturating(now, Duration::from_secs(secs)))
+                }
+                _ => TrustedUntil::Never,
+            },
+            Trust::For(window) => TrustedUntil::At(add_saturating(now, window)),
+            Trust::UntilInvalidated => TrustedUntil::Invalidated,
+            Trust::Never => TrustedUntil::Never,
+        }
+    }
+}
+
+/// Until when an entry may answer without the inner service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TrustedUntil {
+    Never,
+    At(SystemTime),
+    Invalidated,
+}
+
+impl TrustedUntil {
+    /// Whether the trust still holds at `now`.
+    pub(crate) fn holds_at(self, now: SystemTime) -> bool {
+        match self {
+            TrustedUntil::Never => false,
+            TrustedUntil::At(until) => now < until,
+            TrustedUntil::Invalidated => true,
+        }
+    }
 }
 
 /// A boxed future returned by a [`Probe`].
@@ -306,9 +346,7 @@ impl CachePolicy {
             return None;
         }
         Some(match self.freshness {
-            Freshness::MaxAge(secs) => {
-                crate::headers::add_saturating(now, Duration::from_secs(secs))
-            }
+            Freshness::MaxAge(secs) => add_saturating(now, Duration::from_secs(secs)),
             Freshness::NoCache | Freshness::NoStore => SystemTime::UNIX_EPOCH,
         })
     }
@@ -418,39 +456,36 @@ impl Directives {
     /// freshness directive count as 0 (RFC 9111 §4.2.1: treat as stale).
     pub(crate) fn parse(headers: &http::HeaderMap) -> Self {
         let mut out = Self::default();
-        for line in headers.get_all(http::header::CACHE_CONTROL) {
-            for item in line.as_bytes().split(|&b| b == b',') {
-                let item = crate::headers::trim_ows(item);
-                let (name, arg) = match item.iter().position(|&b| b == b'=') {
-                    Some(i) => (&item[..i], Some(&item[i + 1..])),
-                    None => (item, None),
-                };
-                let name = crate::headers::trim_ows(name);
-                let seconds = || {
-                    let arg = arg.map(crate::headers::trim_ows).unwrap_or_default();
-                    let arg = arg
-                        .strip_prefix(b"\"")
-                        .and_then(|a| a.strip_suffix(b"\""))
-                        .unwrap_or(arg);
-                    delta_seconds(arg)
-                };
-                let merge = |slot: &mut Option<u64>, value: u64| {
-                    *slot = Some(match *slot {
-                        Some(prev) if prev != value => 0,
-                        _ => value,
-                    });
-                };
-                if name.eq_ignore_ascii_case(b"no-store") {
-                    out.no_store = true;
-                } else if name.eq_ignore_ascii_case(b"no-cache") {
-                    out.no_cache = true;
-                } else if name.eq_ignore_ascii_case(b"private") {
-                    out.private = true;
-                } else if name.eq_ignore_ascii_case(b"max-age") {
-                    merge(&mut out.max_age, seconds());
-                } else if name.eq_ignore_ascii_case(b"s-maxage") {
-                    merge(&mut out.s_maxage, seconds());
-                }
+        for item in crate::headers::list_members(headers.get_all(http::header::CACHE_CONTROL)) {
+            let (name, arg) = match item.iter().position(|&b| b == b'=') {
+                Some(i) => (&item[..i], Some(&item[i + 1..])),
+                None => (item, None),
+            };
+            let name = crate::headers::trim_ows(name);
+            let seconds = || {
+                let arg = arg.map(crate::headers::trim_ows).unwrap_or_default();
+                let arg = arg
+                    .strip_prefix(b"\"")
+                    .and_then(|a| a.strip_suffix(b"\""))
+                    .unwrap_or(arg);
+                delta_seconds(arg)
+            };
+            let merge = |slot: &mut Option<u64>, value: u64| {
+                *slot = Some(match *slot {
+                    Some(prev) if prev != value => 0,
+                    _ => value,
+                });
+            };
+            if name.eq_ignore_ascii_case(b"no-store") {
+                out.no_store = true;
+            } else if name.eq_ignore_ascii_case(b"no-cache") {
+                out.no_cache = true;
+            } else if name.eq_ignore_ascii_case(b"private") {
+                out.private = true;
+            } else if name.eq_ignore_ascii_case(b"max-age") {
+                merge(&mut out.max_age, seconds());
+            } else if name.eq_ignore_ascii_case(b"s-maxage") {
+                merge(&mut out.s_maxage, seconds());
             }
         }
         out

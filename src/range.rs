@@ -49,11 +49,7 @@ pub(crate) fn evaluate(value: &HeaderValue, len: u64) -> RangeAnswer {
     }
     let mut satisfiable = Vec::new();
     let mut specs = 0usize;
-    for spec in bytes[eq + 1..].split(|&b| b == b',') {
-        let spec = crate::headers::trim_ows(spec);
-        if spec.is_empty() {
-            continue;
-        }
+    for spec in crate::headers::members(&bytes[eq + 1..]) {
         specs += 1;
         if specs > MAX_RANGES {
             return RangeAnswer::Full;

@@ -16,6 +16,7 @@ use crate::inner::Held;
 use crate::key::{Key, Selecting};
 use crate::preconditions::{self, Precondition, Present};
 use crate::rules::RouteMatch;
+use crate::store::Found;
 
 /// Middleware that adds validators and `Cache-Control` to responses and
 /// answers conditional requests, from its validator store when it may.
@@ -119,7 +120,10 @@ where
 
         // Answer from a trusted entry.
         if policy.probe_ref().is_none()
-            && let Some(entry) = entry.as_ref().filter(|e| e.is_trusted(now))
+            && let Some(entry) = entry
+                .as_ref()
+                .filter(|found| found.may_answer(now))
+                .map(Found::entry)
         {
             if conditional && (!write || guarded) {
                 match preconditions::evaluate_present(&method, headers, &entry.validators, present)
@@ -150,7 +154,7 @@ where
             }
         }
 
-        let entry_trusted = entry.as_ref().is_some_and(|e| e.is_trusted(now));
+        let entry_trusted = entry.as_ref().is_some_and(|found| found.may_answer(now));
         let mut ctx = Ctx::new(
             self.config.clone(),
             &request,

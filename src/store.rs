@@ -12,17 +12,20 @@
 //! holds, so a lookup costs one hash-map probe whatever the number of
 //! entries, and memory stays within the configured capacity.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, Uri};
 
+use crate::bus::gate::{Gate, Watch};
 use crate::bus::{BusLink, Invalidation, InvalidationBus};
 use crate::handle::{Counter, Counters};
 use crate::headers::HttpDate;
 use crate::key::{Key, Selecting, normalize_path};
+use crate::policy::TrustedUntil;
 use crate::validators::Validators;
 
 /// What the store remembers of one variant of one resource.
@@ -38,21 +41,9 @@ pub(crate) struct Entry {
     pub(crate) first_seen: HttpDate,
 }
 
-/// Until when an entry may answer without the inner service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TrustedUntil {
-    Never,
-    At(SystemTime),
-    Invalidated,
-}
-
 impl Entry {
     pub(crate) fn is_trusted(&self, now: SystemTime) -> bool {
-        match self.trusted_until {
-            TrustedUntil::Never => false,
-            TrustedUntil::At(until) => now < until,
-            TrustedUntil::Invalidated => true,
-        }
+        self.trusted_until.holds_at(now)
     }
 
     /// The bytes this entry holds on the heap and inline, estimated from
@@ -235,12 +226,9 @@ pub(crate) struct Store {
     /// layer (elsewhere the service may not accept `POST` at all).
     accepted_posts: Mutex<HashSet<u64>>,
     pub(crate) counters: Arc<Counters>,
-    /// The invalidation bus's state: odd while connected (always, without a
-    /// bus), even while not; bumped by every change. While disconnected, and
-    /// across a change, no entry is trusted (see [`Found::is_trusted`]).
-    bus_state: Arc<AtomicU64>,
-    /// The invalidation bus, once [`Store::attach_bus`] ran.
-    bus: OnceLock<(Arc<dyn InvalidationBus>, BusLink)>,
+    /// The invalidation bus: while disconnected, and across a change, no
+    /// entry may answer (see [`Found::may_answer`]).
+    gate: Gate,
 }
 
 /// At most this many routes and paths are remembered as accepting `POST`;
@@ -258,55 +246,39 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// A found variant.
+/// A variant a lookup found.
 #[derive(Debug)]
 pub(crate) struct Found {
     entry: Arc<Entry>,
-    /// With an invalidation bus: its state, the state when the lookup
-    /// began, and the counters to count the fallbacks in.
-    bus: Option<(Arc<AtomicU64>, u64, Arc<Counters>)>,
+    /// The bus's state when the lookup began (`None` without a bus).
+    watch: Option<Watch>,
+    counters: Arc<Counters>,
     /// Whether this lookup was already counted as a bus fallback.
-    fallback_counted: AtomicBool,
-}
-
-impl Clone for Found {
-    fn clone(&self) -> Self {
-        Self {
-            entry: self.entry.clone(),
-            bus: self.bus.clone(),
-            fallback_counted: AtomicBool::new(self.fallback_counted.load(Ordering::Relaxed)),
-        }
-    }
-}
-
-impl std::ops::Deref for Found {
-    type Target = Entry;
-    fn deref(&self) -> &Entry {
-        &self.entry
-    }
+    fallback_counted: Cell<bool>,
 }
 
 impl Found {
+    /// What was stored.
+    pub(crate) fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
     /// Whether the entry may answer without the inner service now: its own
-    /// trust ([`Entry::is_trusted`], which this shadows for callers holding a
-    /// `Found`), and an invalidation bus, if any, that was connected when the
-    /// lookup began and has stayed so since. A disconnected bus may have lost
-    /// invalidations, so nothing is trusted; the first refusal of an
+    /// trust window ([`Entry::is_trusted`]), and an invalidation bus, if
+    /// any, connected since the lookup began. A disconnected bus may have
+    /// lost invalidations, so nothing may answer; the first refusal of an
     /// otherwise trusted entry is counted.
-    pub(crate) fn is_trusted(&self, now: SystemTime) -> bool {
-        let trusted = self.entry.is_trusted(now);
-        match &self.bus {
-            Some((state, at_lookup, counters))
-                if trusted
-                    && (at_lookup % 2 == 0 || state.load(Ordering::SeqCst) != *at_lookup) =>
-            {
-                if !self.fallback_counted.swap(true, Ordering::Relaxed) {
-                    counters.bump(Counter::BusDisconnectedFallbacks);
-                }
-                false
-            }
-            _ => trusted,
+    pub(crate) fn may_answer(&self, now: SystemTime) -> bool {
+        if !self.entry.is_trusted(now) {
+            return false;
         }
+        if self.watch.as_ref().is_none_or(Watch::connected_throughout) {
+            return true;
+        }
+        if !self.fallback_counted.replace(true) {
+            self.counters.bump(Counter::BusDisconnectedFallbacks);
+        }
+        false
     }
 }
 
@@ -342,59 +314,32 @@ impl Store {
                 .collect(),
             accepted_posts: Mutex::new(HashSet::new()),
             counters,
-            bus_state: Arc::new(AtomicU64::new(1)),
-            bus: OnceLock::new(),
+            gate: Gate::default(),
         }
     }
 
     /// Attaches an invalidation bus: from now on the store is disconnected
-    /// (trusts nothing) until the bus reports it connected, and publishes
+    /// (answers nothing) until the bus reports it connected, and publishes
     /// its own invalidations on it.
     ///
     /// # Panics
     ///
     /// When the store already has a bus.
     pub(crate) fn attach_bus(self: &Arc<Self>, bus: Arc<dyn InvalidationBus>) {
-        let link = BusLink::new(Arc::downgrade(self));
-        self.bus_state.fetch_add(1, Ordering::SeqCst);
-        if self.bus.set((bus.clone(), link.clone())).is_err() {
-            panic!("this validator store already has an invalidation bus");
-        }
-        tracing::info!(
-            replica = %format_args!("{:016x}", link.replica_id()),
-            ?bus,
-            "invalidation bus attached: not answering from the validator store until it connects"
-        );
-        bus.attach(link);
+        self.gate.attach(bus, BusLink::new(Arc::downgrade(self)));
     }
 
     /// Whether the invalidation bus is connected (always, without one).
     pub(crate) fn bus_connected(&self) -> bool {
-        self.bus_state.load(Ordering::SeqCst) % 2 == 1
+        self.gate.connected()
     }
 
     /// Records the bus's state; returns whether it changed. On a change to
     /// connected, the store is cleared first: it may have missed
-    /// invalidations while disconnected.
+    /// invalidations while disconnected. (`clear_here` bumps the epoch, so a
+    /// learn that started while disconnected is discarded.)
     pub(crate) fn set_bus_connected(&self, connected: bool) -> bool {
-        loop {
-            let state = self.bus_state.load(Ordering::SeqCst);
-            if (state % 2 == 1) == connected {
-                return false;
-            }
-            if connected {
-                // Clear before trusting again. `clear_here` bumps the epoch,
-                // so a learn that started while disconnected is discarded.
-                self.clear_here();
-            }
-            if self
-                .bus_state
-                .compare_exchange(state, state + 1, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-            {
-                return true;
-            }
-        }
+        self.gate.set_connected(connected, || self.clear_here())
     }
 
     /// Applies an invalidation received from another replica, without
@@ -411,9 +356,7 @@ impl Store {
     }
 
     fn publish(&self, invalidation: Invalidation) {
-        if let Some((bus, link)) = self.bus.get() {
-            bus.publish(link, &invalidation);
-        }
+        self.gate.publish(invalidation);
     }
 
     /// Changes how many bytes the store keeps, evicting if it shrinks.
@@ -465,15 +408,7 @@ impl Store {
 
     /// The variant of `key` that this request selects.
     pub(crate) fn lookup(&self, key: Key, request: Selecting<'_>) -> Option<Found> {
-        // The bus state is read before the map: an entry read after a
-        // reconnection's clear began is then never taken for a fresh one.
-        let bus = self.bus.get().map(|_| {
-            (
-                self.bus_state.clone(),
-                self.bus_state.load(Ordering::SeqCst),
-                self.counters.clone(),
-            )
-        });
+        let watch = self.gate.watch();
         let resource = self.map.get(&key.hash())?;
         resource
             .variants
@@ -481,8 +416,9 @@ impl Store {
             .find(|variant| request.matches(&variant.vary, &variant.selector))
             .map(|variant| Found {
                 entry: variant.entry.clone(),
-                bus,
-                fallback_counted: AtomicBool::new(false),
+                watch,
+                counters: self.counters.clone(),
+                fallback_counted: Cell::new(false),
             })
     }
 
@@ -644,46 +580,6 @@ impl Store {
     }
 }
 
-/// The trust an entry learned now gets under a policy's trust mode and the
-/// `Cache-Control` actually sent.
-pub(crate) fn trusted_until(
-    trust: crate::Trust,
-    reuse_lifetime: Option<u64>,
-    now: SystemTime,
-) -> TrustedUntil {
-    match trust {
-        crate::Trust::MaxAge => match reuse_lifetime {
-            Some(secs) if secs > 0 => TrustedUntil::At(crate::headers::add_saturating(
-                now,
-                Duration::from_secs(secs),
-            )),
-            _ => TrustedUntil::Never,
-        },
-        crate::Trust::For(window) => TrustedUntil::At(crate::headers::add_saturating(now, window)),
-        crate::Trust::UntilInvalidated => TrustedUntil::Invalidated,
-        crate::Trust::Never => TrustedUntil::Never,
-    }
-}
-
-/// Whether a header value list names `*` (`Vary: *`).
-pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
-    let mut names = Vec::new();
-    for line in headers.get_all(http::header::VARY) {
-        for member in line.as_bytes().split(|&b| b == b',') {
-            let member = crate::headers::trim_ows(member);
-            if member == b"*" {
-                return None;
-            }
-            if let Ok(name) = HeaderName::from_bytes(member)
-                && !names.contains(&name)
-            {
-                names.push(name);
-            }
-        }
-    }
-    Some(names)
-}
-
 #[cfg(test)]
 impl Store {
     /// Learns `entry` for `path` with no `Host` and no `Vary` (unit tests).
@@ -745,7 +641,7 @@ mod tests {
         let uri: Uri = uri.parse().unwrap();
         store
             .lookup(Key::of(&uri), at(&uri, h))
-            .map(|f| f.validators.etag().unwrap().to_string())
+            .map(|f| f.entry().validators.etag().unwrap().to_string())
     }
 
     #[test]
@@ -961,26 +857,14 @@ mod tests {
     }
 
     #[test]
-    fn vary_star_is_reported() {
-        assert_eq!(vary_names(&headers(&[("vary", "accept, *")])), None);
-        assert_eq!(
-            vary_names(&headers(&[
-                ("vary", "Accept-Encoding"),
-                ("vary", "accept-encoding, origin")
-            ])),
-            Some(vec![http::header::ACCEPT_ENCODING, http::header::ORIGIN])
-        );
-    }
-
-    #[test]
     fn huge_lifetimes_saturate_instead_of_overflowing() {
         let now = SystemTime::now();
         assert!(matches!(
-            trusted_until(crate::Trust::MaxAge, Some(u64::MAX), now),
+            crate::Trust::MaxAge.until(Some(u64::MAX), now),
             TrustedUntil::At(t) if t > now
         ));
         assert!(matches!(
-            trusted_until(crate::Trust::For(Duration::MAX), None, now),
+            crate::Trust::For(Duration::MAX).until(None, now),
             TrustedUntil::At(t) if t > now
         ));
     }

@@ -88,6 +88,8 @@ use std::time::SystemTime;
 
 use crate::store::Store;
 
+pub(crate) mod gate;
+
 #[cfg(feature = "redis")]
 pub mod redis;
 
@@ -287,7 +289,8 @@ mod tests {
     use crate::handle::Counter;
     use crate::headers::HttpDate;
     use crate::key::Key;
-    use crate::store::{Entry, TrustedUntil};
+    use crate::policy::TrustedUntil;
+    use crate::store::Entry;
     use crate::validators::Validators;
 
     #[derive(Debug, Default)]
@@ -340,7 +343,7 @@ mod tests {
 
     fn trusted(store: &Store, path: &str) -> Option<bool> {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
-        store.lookup_path(path).map(|found| found.is_trusted(now))
+        store.lookup_path(path).map(|found| found.may_answer(now))
     }
 
     fn with_bus() -> (Arc<Store>, Arc<TestBus>) {
@@ -373,8 +376,8 @@ mod tests {
         learn(&store, "/a");
         let found = store.lookup_path("/a").unwrap();
         let now = SystemTime::UNIX_EPOCH;
-        assert!(!found.is_trusted(now));
-        assert!(!found.is_trusted(now));
+        assert!(!found.may_answer(now));
+        assert!(!found.may_answer(now));
         let counted = || store.counters.get(Counter::BusDisconnectedFallbacks);
         assert_eq!(counted(), 1);
         assert_eq!(trusted(&store, "/a"), Some(false));
@@ -390,7 +393,7 @@ mod tests {
         // A disconnection distrusts at once, even a lookup made before it.
         let found = store.lookup_path("/a").unwrap();
         assert!(bus.link().set_disconnected(&"test"));
-        assert!(!found.is_trusted(now));
+        assert!(!found.may_answer(now));
         assert_eq!(trusted(&store, "/a"), Some(false));
         assert!(bus.link().set_connected());
         assert_eq!(trusted(&store, "/a"), None);
@@ -404,14 +407,14 @@ mod tests {
         learn(&store, "/a");
         let found = store.lookup_path("/a").unwrap();
         bus.link().set_connected();
-        assert!(!found.is_trusted(now));
+        assert!(!found.may_answer(now));
         // Looked up while connected, used after an outage.
         learn(&store, "/a");
         let found = store.lookup_path("/a").unwrap();
-        assert!(found.is_trusted(now));
+        assert!(found.may_answer(now));
         bus.link().set_disconnected(&"test");
         bus.link().set_connected();
-        assert!(!found.is_trusted(now));
+        assert!(!found.may_answer(now));
         // Reporting connected again changes nothing, clears nothing.
         learn(&store, "/a");
         bus.link().set_connected();

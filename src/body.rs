@@ -16,6 +16,8 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::validators::ContentHasher;
+
 pin_project! {
     /// The body of a response that went through [`MediaCache`](crate::MediaCache).
     ///
@@ -192,6 +194,19 @@ impl<B: Body> Body for ResponseBody<B> {
     }
 }
 
+/// Why [`Buffered::poll_fill`] stopped reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filled {
+    /// The body ended: everything is buffered.
+    Ended,
+    /// The body failed: `error` holds it.
+    Failed,
+    /// The next frame would go past the per-response limit.
+    OverLimit,
+    /// The global budget refused the next frame.
+    OverBudget,
+}
+
 /// What the layer read of an inner body.
 pub(crate) struct Buffered<B: Body> {
     pub(crate) chunks: VecDeque<Bytes>,
@@ -220,6 +235,65 @@ impl<B: Body> Buffered<B> {
     pub(crate) fn reserve_to(&mut self, budget: &Arc<Budget>, total: u64) -> bool {
         let held = self.reservation.as_ref().map_or(0, |r| r.bytes);
         total <= held || budget.grow(&mut self.reservation, total - held)
+    }
+
+    /// Reads `body` into the buffer — hashing it with `hasher`, if any — until
+    /// it ends, fails, or would go past `limit` bytes or the `budget`. Ready
+    /// when one of those happened; `rest` then holds what was not read (the
+    /// frame that went over is kept, so nothing is lost).
+    pub(crate) fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: &mut Option<Pin<Box<B>>>,
+        mut hasher: Option<&mut ContentHasher>,
+        limit: u64,
+        budget: &Arc<Budget>,
+    ) -> Poll<Filled> {
+        let Some(inner) = body.as_mut() else {
+            return Poll::Ready(Filled::Ended);
+        };
+        loop {
+            match ready!(inner.as_mut().poll_frame(cx)) {
+                None => {
+                    *body = None;
+                    return Poll::Ready(Filled::Ended);
+                }
+                Some(Err(error)) => {
+                    self.error = Some(error);
+                    *body = None;
+                    return Poll::Ready(Filled::Failed);
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(mut data) => {
+                        let bytes = data.copy_to_bytes(data.remaining());
+                        let len = bytes.len() as u64;
+                        let within_limit = self.len + len <= limit;
+                        let granted = within_limit && self.reserve_to(budget, self.len + len);
+                        if let Some(hasher) = hasher.as_deref_mut() {
+                            hasher.update(&bytes);
+                        }
+                        self.len += len;
+                        self.chunks.push_back(bytes);
+                        if !granted {
+                            self.rest = body.take();
+                            return Poll::Ready(if within_limit {
+                                Filled::OverBudget
+                            } else {
+                                Filled::OverLimit
+                            });
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            match &mut self.trailers {
+                                Some(existing) => existing.extend(trailers),
+                                None => self.trailers = Some(trailers),
+                            }
+                        }
+                    }
+                },
+            }
+        }
     }
 
     /// Whether the whole body was read without error: the chunks are the

@@ -6,15 +6,14 @@ use std::time::SystemTime;
 
 use bytes::Buf;
 use http::header::{
-    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, CONTENT_TYPE,
-    ETAG, EXPIRES, LAST_MODIFIED, LOCATION, RANGE, SET_COOKIE,
+    ACCEPT_RANGES, CONTENT_LOCATION, ETAG, EXPIRES, LAST_MODIFIED, LOCATION, RANGE, SET_COOKIE,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::sync::OwnedMutexGuard;
 
-use crate::body::{Buffered, ResponseBody};
+use crate::body::{Buffered, Filled, ResponseBody};
 use crate::config::Config;
 use crate::fingerprint::Fingerprint;
 use crate::handle::Counter;
@@ -23,7 +22,7 @@ use crate::inner::Pending;
 use crate::key::{Key, Selecting};
 use crate::policy::{CachePolicy, Directives, ProbeFuture, Trust};
 use crate::preconditions::{self, Precondition};
-use crate::range::{self, RangeAnswer};
+use crate::range::{self};
 use crate::response as build;
 use crate::rules::RouteMatch;
 use crate::store::{self, Entry, Found};
@@ -240,12 +239,14 @@ where
                 StateProj::Buffering { reading } => {
                     let ctx = this.ctx.as_mut().expect("context present while buffering");
                     let state = reading.as_mut().expect("reading state present");
-                    ready!(ctx.poll_buffer(
+                    let filled = ready!(state.buffered.poll_fill(
                         cx,
                         &mut state.body,
-                        &mut state.buffered,
-                        state.hasher.as_mut()
+                        state.hasher.as_mut(),
+                        ctx.config.max_buffer,
+                        &ctx.config.budget,
                     ));
+                    ctx.after_fill(filled, state.hasher.is_some());
                     let Reading {
                         mut head,
                         buffered,
@@ -737,6 +738,17 @@ impl Ctx {
         Plan::Finish
     }
 
+    /// Counts and traces why buffering stopped short of the end.
+    fn after_fill(&self, filled: Filled, hashing: bool) {
+        match filled {
+            Filled::Ended => {}
+            Filled::Failed => tracing::debug!(key = self.key(), "body failed while buffering"),
+            Filled::OverLimit if hashing => self.count_unhashed(false),
+            Filled::OverBudget if hashing => self.count_unhashed(true),
+            Filled::OverLimit | Filled::OverBudget => {}
+        }
+    }
+
     fn count_unhashed(&self, budget: bool) {
         self.count(Counter::StreamedUnhashed);
         if budget {
@@ -747,64 +759,6 @@ impl Ctx {
             budget,
             "body streamed without a content ETag"
         );
-    }
-
-    /// Reads the body into `buffered` until it ends, errors, or would go
-    /// past the per-response limit or the global budget. Ready when one of
-    /// those happened; `buffered.rest` then holds what was not read.
-    fn poll_buffer<B: Body>(
-        &mut self,
-        cx: &mut Context<'_>,
-        body: &mut Option<Pin<Box<B>>>,
-        buffered: &mut Buffered<B>,
-        mut hasher: Option<&mut ContentHasher>,
-    ) -> Poll<()> {
-        let Some(inner) = body.as_mut() else {
-            return Poll::Ready(());
-        };
-        loop {
-            match ready!(inner.as_mut().poll_frame(cx)) {
-                None => {
-                    *body = None;
-                    return Poll::Ready(());
-                }
-                Some(Err(error)) => {
-                    tracing::debug!(key = self.key(), "body failed while buffering");
-                    buffered.error = Some(error);
-                    *body = None;
-                    return Poll::Ready(());
-                }
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(mut data) => {
-                        let bytes = data.copy_to_bytes(data.remaining());
-                        let len = bytes.len() as u64;
-                        let within_limit = buffered.len + len <= self.config.max_buffer;
-                        let granted = within_limit
-                            && buffered.reserve_to(&self.config.budget, buffered.len + len);
-                        if let Some(hasher) = hasher.as_deref_mut() {
-                            hasher.update(&bytes);
-                        }
-                        buffered.len += len;
-                        buffered.chunks.push_back(bytes);
-                        if !granted {
-                            if hasher.is_some() {
-                                self.count_unhashed(within_limit);
-                            }
-                            buffered.rest = body.take();
-                            return Poll::Ready(());
-                        }
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            match &mut buffered.trailers {
-                                Some(existing) => existing.extend(trailers),
-                                None => buffered.trailers = Some(trailers),
-                            }
-                        }
-                    }
-                },
-            }
-        }
     }
 
     /// The content ETag of a completely read body; it becomes the
@@ -899,7 +853,12 @@ impl Ctx {
                     .entry(ACCEPT_RANGES)
                     .or_insert(HeaderValue::from_static("bytes"));
                 if preconditions::range_allowed(&self.request_headers, &self.validators, self.now) {
-                    return self.serve_range(head, buffered);
+                    return range::answer(
+                        head,
+                        buffered,
+                        self.request_headers.get_all(RANGE),
+                        self.validators.etag(),
+                    );
                 }
                 Response::from_parts(head, ResponseBody::chunks(buffered))
             }
@@ -982,77 +941,5 @@ impl Ctx {
                 }
             }
         }
-    }
-
-    /// `206` for satisfiable ranges, `416` for none, the whole body for a
-    /// `Range` the layer ignores, RFC 9110 §14.
-    fn serve_range<B: Body>(
-        &self,
-        mut head: response::Parts,
-        mut buffered: Buffered<B>,
-    ) -> Response<ResponseBody<B>> {
-        let Some(value) = crate::headers::single_line(self.request_headers.get_all(RANGE)) else {
-            return Response::from_parts(head, ResponseBody::chunks(buffered));
-        };
-        let len = buffered.len;
-        match range::evaluate(value, len) {
-            RangeAnswer::Full => Response::from_parts(head, ResponseBody::chunks(buffered)),
-            RangeAnswer::Unsatisfiable => {
-                head.status = StatusCode::RANGE_NOT_SATISFIABLE;
-                for name in [CACHE_CONTROL, EXPIRES, CONTENT_TYPE] {
-                    head.headers.remove(name);
-                }
-                head.headers
-                    .insert(CONTENT_RANGE, range::unsatisfied_range(len));
-                head.headers.insert(CONTENT_LENGTH, HeaderValue::from(0u64));
-                Response::from_parts(head, ResponseBody::empty())
-            }
-            RangeAnswer::Partial(ranges) => {
-                head.status = StatusCode::PARTIAL_CONTENT;
-                buffered.trailers = None;
-                if let [(first, last)] = ranges[..] {
-                    head.headers
-                        .insert(CONTENT_RANGE, range::content_range(first, last, len));
-                    head.headers
-                        .insert(CONTENT_LENGTH, HeaderValue::from(last - first + 1));
-                    buffered.chunks = range::slice(&buffered.chunks, first, last).into();
-                } else {
-                    let boundary = self.boundary();
-                    let content_type = head.headers.get(CONTENT_TYPE).cloned();
-                    buffered.chunks = range::multipart(
-                        &buffered.chunks,
-                        &ranges,
-                        len,
-                        content_type.as_ref(),
-                        &boundary,
-                    );
-                    let total: usize = buffered.chunks.iter().map(|c| c.len()).sum();
-                    head.headers.insert(
-                        CONTENT_TYPE,
-                        HeaderValue::try_from(format!("multipart/byteranges; boundary={boundary}"))
-                            .expect("boundary is hex digits"),
-                    );
-                    head.headers
-                        .insert(CONTENT_LENGTH, HeaderValue::from(total));
-                }
-                Response::from_parts(head, ResponseBody::chunks(buffered))
-            }
-        }
-    }
-
-    /// A multipart boundary that cannot occur in the content: derived from
-    /// the content hash, which the parts' bytes cannot contain by chance.
-    fn boundary(&self) -> String {
-        let tag = self
-            .validators
-            .etag()
-            .map(|e| String::from_utf8_lossy(e.opaque()).into_owned())
-            .unwrap_or_default();
-        let digits: String = tag
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(32)
-            .collect();
-        format!("tower-media-cache-{digits}")
     }
 }

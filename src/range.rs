@@ -4,7 +4,12 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, EXPIRES, GetAll};
+use http::{HeaderValue, Response, StatusCode, response};
+use http_body::Body;
+
+use crate::body::{Buffered, ResponseBody};
+use crate::headers::EntityTag;
 
 /// More ranges than this in one request are answered with the full
 /// representation (RFC 9110 §14.2 lets a server ignore such requests; many
@@ -164,6 +169,79 @@ pub(crate) fn multipart(
     }
     out.push_back(Bytes::from(format!("\r\n--{boundary}--\r\n")));
     out
+}
+
+/// The answer to a `Range` request over a complete buffered `200`
+/// (`If-Range` already checked): `206` for satisfiable ranges, one part or
+/// `multipart/byteranges`; `416` for none; the whole body for a `Range`
+/// that is ignored (malformed, several lines, too many ranges), RFC 9110
+/// §14. `etag` is the full representation's, for the multipart boundary.
+pub(crate) fn answer<B: Body>(
+    mut head: response::Parts,
+    mut buffered: Buffered<B>,
+    range: GetAll<'_, HeaderValue>,
+    etag: Option<&EntityTag>,
+) -> Response<ResponseBody<B>> {
+    let Some(value) = crate::headers::single_line(range) else {
+        return Response::from_parts(head, ResponseBody::chunks(buffered));
+    };
+    let len = buffered.len;
+    match evaluate(value, len) {
+        RangeAnswer::Full => Response::from_parts(head, ResponseBody::chunks(buffered)),
+        RangeAnswer::Unsatisfiable => {
+            head.status = StatusCode::RANGE_NOT_SATISFIABLE;
+            for name in [CACHE_CONTROL, EXPIRES, CONTENT_TYPE] {
+                head.headers.remove(name);
+            }
+            head.headers.insert(CONTENT_RANGE, unsatisfied_range(len));
+            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(0u64));
+            Response::from_parts(head, ResponseBody::empty())
+        }
+        RangeAnswer::Partial(ranges) => {
+            head.status = StatusCode::PARTIAL_CONTENT;
+            buffered.trailers = None;
+            if let [(first, last)] = ranges[..] {
+                head.headers
+                    .insert(CONTENT_RANGE, content_range(first, last, len));
+                head.headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(last - first + 1));
+                buffered.chunks = slice(&buffered.chunks, first, last).into();
+            } else {
+                let boundary = boundary(etag);
+                let content_type = head.headers.get(CONTENT_TYPE).cloned();
+                buffered.chunks = multipart(
+                    &buffered.chunks,
+                    &ranges,
+                    len,
+                    content_type.as_ref(),
+                    &boundary,
+                );
+                let total: usize = buffered.chunks.iter().map(|c| c.len()).sum();
+                head.headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::try_from(format!("multipart/byteranges; boundary={boundary}"))
+                        .expect("boundary is hex digits"),
+                );
+                head.headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(total));
+            }
+            Response::from_parts(head, ResponseBody::chunks(buffered))
+        }
+    }
+}
+
+/// A multipart boundary that cannot occur in the content: derived from the
+/// content hash, which the parts' bytes cannot contain by chance.
+fn boundary(etag: Option<&EntityTag>) -> String {
+    let tag = etag
+        .map(|e| String::from_utf8_lossy(e.opaque()).into_owned())
+        .unwrap_or_default();
+    let digits: String = tag
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(32)
+        .collect();
+    format!("tower-media-cache-{digits}")
 }
 
 #[cfg(test)]

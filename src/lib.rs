@@ -51,7 +51,9 @@
 
 mod body;
 pub mod bus;
+mod classify;
 mod config;
+mod exchange;
 pub mod fingerprint;
 mod future;
 mod handle;
@@ -67,6 +69,7 @@ mod rules;
 mod service;
 mod store;
 mod validators;
+mod write;
 
 pub use body::ResponseBody;
 #[cfg(feature = "redis")]

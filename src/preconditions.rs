@@ -278,15 +278,53 @@ pub(crate) fn is_unsafe(method: &Method) -> bool {
     )
 }
 
-/// Whether a `Range` field is present and `If-Range` allows it; when it is
-/// not allowed the range is dropped and the full representation is sent.
-pub(crate) fn range_allowed(field: &HeaderMap, current: &Validators, now: SystemTime) -> bool {
-    field.contains_key(RANGE) && if_range(field, current, now)
+/// What the layer knows of a request's target when it judges the
+/// preconditions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target<'a> {
+    /// A current representation with these validators, one the response
+    /// without preconditions would carry in a 2xx.
+    Exists(&'a Validators),
+    /// No current representation (the service answers `GET` with 404/410).
+    Absent,
+}
+
+/// The one entry point the layer judges preconditions through: RFC 9110
+/// §13.2.1's rules of when they apply, then §13.2.2's order.
+///
+/// * `CONNECT`, `OPTIONS` and `TRACE`: ignored (Proceed).
+/// * An existing representation: [`evaluate`].
+/// * No representation: only a method that could create one (`PUT`,
+///   `PATCH`) is judged, by [`evaluate_absent`]; any other would be a 404
+///   without its preconditions, so they are ignored and the service answers.
+///
+/// Callers only judge a target whose answer without preconditions would be
+/// a 2xx (or, for writes, the state the write would act on): an error or a
+/// redirect is never turned into 304 or 412.
+pub(crate) fn judge(
+    method: &Method,
+    field: &HeaderMap,
+    present: Present<'_>,
+    target: Target<'_>,
+) -> Precondition {
+    if matches!(*method, Method::CONNECT | Method::OPTIONS | Method::TRACE) {
+        return Precondition::Proceed;
+    }
+    match target {
+        Target::Exists(current) => evaluate_present(method, field, current, present),
+        Target::Absent if matches!(*method, Method::PUT | Method::PATCH) => evaluate_absent(field),
+        Target::Absent => Precondition::Proceed,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `If-Range` lets the `Range` be served (the layer's one decision).
+    fn range_allowed(field: &HeaderMap, current: &Validators, now: SystemTime) -> bool {
+        crate::range::decide(field, Some(current), now) == crate::range::RangeDecision::CutHere
+    }
     use crate::EntityTag;
     use http::HeaderValue;
     use std::time::{Duration, UNIX_EPOCH};

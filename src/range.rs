@@ -2,14 +2,18 @@
 //! length, and cutting the ranges out of a buffered body without copying it.
 
 use std::collections::VecDeque;
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, EXPIRES, GetAll};
-use http::{HeaderValue, Response, StatusCode, response};
+use http::header::{
+    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, EXPIRES, GetAll, RANGE,
+};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, response};
 use http_body::Body;
 
 use crate::body::{Buffered, ResponseBody};
 use crate::headers::EntityTag;
+use crate::validators::Validators;
 
 /// More ranges than this in one request are answered with the full
 /// representation (RFC 9110 §14.2 lets a server ignore such requests; many
@@ -169,6 +173,38 @@ pub(crate) fn multipart(
     }
     out.push_back(Bytes::from(format!("\r\n--{boundary}--\r\n")));
     out
+}
+
+/// What to do with a request's `Range`, decided in one place wherever the
+/// layer meets it: before calling the service with validators known (a
+/// trusted entry, a probe) and after the service answered a full `200`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RangeDecision {
+    /// No `Range`, or validators not known yet: leave the request as it is.
+    Pass,
+    /// `If-Range` does not match the current representation (RFC 9110
+    /// §13.1.5): the whole representation is sent, never a part of another.
+    Strip,
+    /// The range may be served: the service may cut it, or the layer cuts
+    /// it from the full body it holds.
+    CutHere,
+}
+
+/// Decides a request's `Range` against the current validators, if known
+/// (`If-Range`, RFC 9110 §13.1.5 and §14.2).
+pub(crate) fn decide(
+    request: &HeaderMap,
+    current: Option<&Validators>,
+    now: SystemTime,
+) -> RangeDecision {
+    match current {
+        _ if !request.contains_key(RANGE) => RangeDecision::Pass,
+        None => RangeDecision::Pass,
+        Some(current) if crate::preconditions::if_range(request, current, now) => {
+            RangeDecision::CutHere
+        }
+        Some(_) => RangeDecision::Strip,
+    }
 }
 
 /// The answer to a `Range` request over a complete buffered `200`

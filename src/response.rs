@@ -55,6 +55,23 @@ pub(crate) fn not_modified_headers(headers: &HeaderMap) -> HeaderMap {
     kept
 }
 
+/// The header set a store entry keeps for its 304s: what
+/// [`not_modified_headers`] keeps of the `200`, with `Date` as the first
+/// entry so that [`not_modified`] overwrites it in place (no hashing, no
+/// growth of the map) on every answer.
+pub(crate) fn stored_not_modified_headers(headers: &HeaderMap, now: SystemTime) -> HeaderMap {
+    let mut stored = HeaderMap::with_capacity(headers.len() + 1);
+    stored.insert(DATE, date_value(now));
+    stored.extend(not_modified_headers(headers));
+    stored
+}
+
+/// The `304` a trusted store entry answers: its header set with a fresh
+/// `Date` (and `Expires`, when the policy makes it relative).
+pub(crate) fn from_entry<B>(entry: &crate::store::Entry, now: SystemTime, body: B) -> Response<B> {
+    not_modified(entry.headers.clone(), entry.expires_after, now, body)
+}
+
 /// `304 Not Modified` with the given header set, a fresh `Date` and, when
 /// the policy made `Expires` relative to the response time, a fresh
 /// `Expires`.

@@ -503,6 +503,27 @@ impl Store {
         removed
     }
 
+    /// After a `2xx`/`3xx` answer to an unsafe method, RFC 9111 §4.4:
+    /// invalidates the target and the `Location` / `Content-Location`
+    /// references of the answer that are on the request's host (`authority`),
+    /// however they are spelled.
+    pub(crate) fn invalidate_after_write(
+        &self,
+        target: &Uri,
+        authority: &[u8],
+        response: &HeaderMap,
+    ) {
+        self.invalidate(target.path());
+        for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+            for value in response.get_all(&name) {
+                if let Some(path) = crate::key::same_host_path(value.as_bytes(), target, authority)
+                {
+                    self.invalidate(&path);
+                }
+            }
+        }
+    }
+
     fn invalidate_here(&self, key: Key) -> bool {
         let stripe = key.stripe(EPOCH_STRIPES);
         let _stripe = lock(&self.stripe_locks[stripe]);

@@ -1,0 +1,285 @@
+//! What [`MediaCache::call`](crate::MediaCache) does with a request, decided
+//! in one pure function, [`classify`]: it reads the request, the
+//! configuration and the store, and changes nothing (no counter, no store
+//! write, no edit of the request — the edits are part of the [`Plan`]).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{
+    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+};
+use http::{Method, Request, Response, Uri};
+use http_body::Body;
+
+use crate::body::ResponseBody;
+use crate::config::Config;
+use crate::exchange::Exchange;
+use crate::fingerprint::Fingerprint;
+use crate::handle::Counter;
+use crate::key::{Key, Selecting};
+use crate::preconditions::{self, Precondition, Present, Target};
+use crate::range::{self, RangeDecision};
+use crate::response as build;
+use crate::rules::RouteMatch;
+use crate::store::Found;
+use crate::validators::Validators;
+
+/// What `call` does with a request.
+pub(crate) enum Decision {
+    /// An excluded route: the service answers, untouched.
+    Pass,
+    /// A trusted store entry answers, without the service.
+    Answer(Answer),
+    /// A conditional write the layer guards: it waits for its turn, then is
+    /// judged against the store, the probe or an internal `GET`.
+    Write(Plan),
+    /// The probe answers, or tells how to call the service.
+    Probe(Plan),
+    /// The service answers; the layer finishes its answer.
+    Call(Plan),
+}
+
+/// An answer from the store.
+pub(crate) enum Answer {
+    /// `304` with the entry's stored header set.
+    NotModified(Found),
+    /// `412` with the current validators.
+    Failed(Validators),
+}
+
+impl Answer {
+    /// The response, counted and traced.
+    pub(crate) fn respond<B: Body>(
+        self,
+        config: &Config,
+        uri: &Uri,
+        now: SystemTime,
+    ) -> Response<ResponseBody<B>> {
+        match self {
+            Answer::NotModified(found) => {
+                config.store.counters.bump(Counter::ShortCircuitNotModified);
+                tracing::debug!(key = uri.path(), "304 from the validator store");
+                build::from_entry(found.entry(), now, ResponseBody::empty())
+            }
+            Answer::Failed(current) => {
+                config
+                    .store
+                    .counters
+                    .bump(Counter::ShortCircuitPreconditionFailed);
+                tracing::debug!(key = uri.path(), "412 from known validators");
+                build::precondition_failed(&current, now, ResponseBody::empty())
+            }
+        }
+    }
+}
+
+/// What the layer carries from `call` to the response when the service (or
+/// a probe) is asked: the request's identity, what the store had, and how
+/// the request is edited before the service sees it.
+pub(crate) struct Plan {
+    route: RouteMatch,
+    key: Key,
+    store_allowed: bool,
+    entry: Option<Found>,
+    /// `If-Range` failed against a trusted entry: the service sends all.
+    strip_range: bool,
+    /// With `authoritative`: the preconditions are the layer's alone.
+    hide_preconditions: bool,
+    /// With `authoritative`: `Range` is hidden until `If-Range` is verified.
+    hide_range: bool,
+    /// With `authoritative`: `Range` and `If-Range` came, unverified yet.
+    unverified_if_range: bool,
+    fingerprint: Option<Fingerprint>,
+}
+
+impl Plan {
+    fn new(route: RouteMatch, key: Key, store_allowed: bool) -> Self {
+        Self {
+            route,
+            key,
+            store_allowed,
+            entry: None,
+            strip_range: false,
+            hide_preconditions: false,
+            hide_range: false,
+            unverified_if_range: false,
+            fingerprint: None,
+        }
+    }
+
+    /// With `authoritative`, the layer alone judges validators: the service
+    /// sees no preconditions, and a range only unconditionally or once
+    /// `If-Range` was `checked` against a trusted entry or will be against
+    /// the probe; else the layer cuts it from the full answer.
+    fn layer_alone_judges(&mut self, ranged: bool, checked: bool) {
+        self.hide_preconditions = true;
+        self.hide_range = ranged && !checked;
+        self.unverified_if_range = ranged;
+    }
+
+    /// Applies the plan's edits to the request and opens the exchange that
+    /// carries the rest to the response.
+    pub(crate) fn begin<ReqBody>(
+        self,
+        config: &Arc<Config>,
+        request: &mut Request<ReqBody>,
+        now: SystemTime,
+    ) -> Exchange {
+        if self.strip_range {
+            request.headers_mut().remove(RANGE);
+        }
+        // The exchange keeps the fields the service will not see.
+        let mut exchange = Exchange::new(
+            config.clone(),
+            request,
+            self.route,
+            self.key,
+            now,
+            self.store_allowed,
+            self.entry,
+        );
+        if let Some(fingerprint) = self.fingerprint {
+            // A fingerprinted URL reaches the service as its plain path.
+            if let Some(plain) = with_path(request.uri(), &fingerprint.plain) {
+                *request.uri_mut() = plain;
+            }
+            exchange.set_fingerprint(fingerprint);
+        }
+        if self.hide_preconditions {
+            let headers = request.headers_mut();
+            for name in [
+                IF_MATCH,
+                IF_NONE_MATCH,
+                IF_MODIFIED_SINCE,
+                IF_UNMODIFIED_SINCE,
+                IF_RANGE,
+            ] {
+                headers.remove(name);
+            }
+            if self.hide_range {
+                headers.remove(RANGE);
+            }
+            exchange.set_unverified_if_range(self.unverified_if_range);
+        }
+        exchange
+    }
+
+    /// The exchange of a conditional write, which has no entry yet (it looks
+    /// one up when its turn comes).
+    pub(crate) fn begin_write<ReqBody>(
+        self,
+        config: &Arc<Config>,
+        request: &Request<ReqBody>,
+        now: SystemTime,
+    ) -> (Key, Exchange) {
+        let exchange = Exchange::new(
+            config.clone(),
+            request,
+            self.route,
+            self.key,
+            now,
+            self.store_allowed,
+            None,
+        );
+        (self.key, exchange)
+    }
+}
+
+/// `uri` with another path and query.
+fn with_path(uri: &Uri, path_and_query: &str) -> Option<Uri> {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+/// Classify the request → maybe answer from the store → else how the
+/// service is asked.
+pub(crate) fn classify<ReqBody>(
+    request: &Request<ReqBody>,
+    config: &Config,
+    now: SystemTime,
+) -> Decision {
+    let route = config.rules.route(request.uri().path());
+    if route == RouteMatch::Excluded {
+        return Decision::Pass;
+    }
+    let policy = config.rules.request_policy(route);
+    let method = request.method();
+    let headers = request.headers();
+    // One pass over the header names.
+    let present = Present::scan(headers);
+    let store_allowed = !present.credentials || policy.is_public();
+    // RFC 9110 §13.2.1: preconditions are ignored for CONNECT, OPTIONS and
+    // TRACE.
+    let conditional = !matches!(*method, Method::CONNECT | Method::OPTIONS | Method::TRACE)
+        && present.any_precondition();
+    let key = Key::of(request.uri());
+    let write = conditional && preconditions::is_unsafe(method);
+    // A write the layer may refuse with 412 itself (else the service judges
+    // its preconditions: it may not accept the method at all).
+    let guarded = write && config.guards_write(method, route.scope(key));
+    let mut plan = Plan::new(route, key, store_allowed);
+    if guarded && config.verify_writes {
+        return Decision::Write(plan);
+    }
+    // Preconditions the layer may answer before the service.
+    let judged = conditional && (!write || guarded);
+    let ranged = *method == Method::GET && present.range && present.if_range;
+    let needs_entry =
+        judged || ranged || *method == Method::HEAD || (config.authoritative && present.range);
+    if store_allowed && needs_entry {
+        let selecting = Selecting::scanned(request.uri(), headers, &present, config.forwarded_host);
+        plan.entry = config.store.lookup(key, selecting);
+    }
+    let probe = store_allowed && (judged || ranged) && policy.probe_ref().is_some();
+    let trusted = plan
+        .entry
+        .as_ref()
+        .is_some_and(|found| found.may_answer(now));
+    if policy.probe_ref().is_none()
+        && let Some(answer) = answer_from_store(&mut plan, request, present, judged, ranged, now)
+    {
+        return Decision::Answer(answer);
+    }
+    if config.fingerprints.is_some() {
+        plan.fingerprint = Fingerprint::parse(request.uri().path(), request.uri().query());
+    }
+    if config.authoritative && (*method == Method::GET || *method == Method::HEAD) {
+        let checked = (store_allowed && policy.probe_ref().is_some()) || trusted;
+        plan.layer_alone_judges(ranged, checked);
+    }
+    if probe {
+        Decision::Probe(plan)
+    } else {
+        Decision::Call(plan)
+    }
+}
+
+/// The answer a trusted entry gives without the service, if any: 304 or
+/// 412 when the preconditions the layer judges say so. Otherwise, when the
+/// client's partial copy (`If-Range`) is not the current one, the plan
+/// strips `Range` so the service sends all of it.
+fn answer_from_store<ReqBody>(
+    plan: &mut Plan,
+    request: &Request<ReqBody>,
+    present: Present<'_>,
+    judged: bool,
+    ranged: bool,
+    now: SystemTime,
+) -> Option<Answer> {
+    let found = plan.entry.as_ref().filter(|found| found.may_answer(now))?;
+    let current = &found.entry().validators;
+    let (method, headers) = (request.method(), request.headers());
+    if judged {
+        match preconditions::judge(method, headers, present, Target::Exists(current)) {
+            Precondition::NotModified => {
+                return plan.entry.take().map(Answer::NotModified);
+            }
+            Precondition::Failed => return Some(Answer::Failed(current.clone())),
+            Precondition::Proceed => {}
+        }
+    }
+    plan.strip_range = ranged && range::decide(headers, Some(current), now) == RangeDecision::Strip;
+    None
+}

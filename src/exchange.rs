@@ -1,0 +1,641 @@
+//! One request's exchange with the layer: what `call` decided about the
+//! request, carried to the response, and the decisions made there — what a
+//! probe or an internal `GET` says, how the inner service's head gets the
+//! policy and validators, whether to read the body first, which
+//! preconditions hold, what is learned.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::{ACCEPT_RANGES, ETAG, EXPIRES, LAST_MODIFIED, RANGE, SET_COOKIE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, response};
+use http_body::Body;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::body::{Buffered, Filled, ResponseBody};
+use crate::config::Config;
+use crate::fingerprint::Fingerprint;
+use crate::handle::Counter;
+use crate::headers::{EntityTag, HttpDate};
+use crate::key::{Key, Selecting};
+use crate::policy::{CachePolicy, Directives, Trust};
+use crate::preconditions::{self, Precondition, Present, Target};
+use crate::range::{self, RangeDecision};
+use crate::response as build;
+use crate::rules::RouteMatch;
+use crate::store::{self, Entry, Found};
+use crate::validators::{self, ContentHasher, Validators};
+use crate::write::Current;
+
+/// What a probe or a write's judgement leads to.
+pub(crate) enum Outcome<B: Body> {
+    /// The layer answers: a 304 or a 412.
+    Answer(Response<ResponseBody<B>>),
+    /// The inner service is called, without `Range` when `strip_range`.
+    Call { strip_range: bool },
+}
+
+/// What to do once the inner service's head is in.
+pub(crate) enum Plan<B: Body> {
+    /// Answer with the body as it streams.
+    Finish,
+    /// Read the body first; `buffered` may already hold its budget.
+    Buffer { hash: bool, buffered: Buffered<B> },
+}
+
+/// The body as the layer holds it when it decides the answer.
+pub(crate) enum Source<B: Body> {
+    Stream(B),
+    Buffered(Buffered<B>),
+}
+
+impl<B: Body> Source<B> {
+    fn into_body(self) -> ResponseBody<B> {
+        match self {
+            Source::Stream(body) => ResponseBody::stream(body),
+            Source::Buffered(buffered) => ResponseBody::chunks(buffered),
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        match self {
+            Source::Stream(_) => true,
+            Source::Buffered(buffered) => buffered.is_complete(),
+        }
+    }
+}
+
+/// What `call` decided about a request, carried to the response.
+pub(crate) struct Exchange {
+    pub(crate) config: Arc<Config>,
+    method: Method,
+    route: RouteMatch,
+    uri: Uri,
+    request_headers: HeaderMap,
+    now: SystemTime,
+    /// The request's path group in the store.
+    key: Key,
+    epoch: store::Epoch,
+    /// Held by a conditional write from its judgement until the service has
+    /// answered it (and its invalidation ran): see
+    /// [`WriteTurn`](crate::future::WriteTurn).
+    write_turn: Option<OwnedMutexGuard<()>>,
+    store_allowed: bool,
+    entry: Option<Found>,
+    fingerprint: Option<Fingerprint>,
+    /// With `authoritative`: the request had `Range` and `If-Range`, hidden
+    /// from the service unless something verified `If-Range`.
+    unverified_if_range: bool,
+    // Decided from the response.
+    /// The response passes untouched from here on (not a 2xx to GET/HEAD).
+    passes: bool,
+    trust: Trust,
+    synthesize_last_modified: bool,
+    expires_after: Option<Duration>,
+    directives: Directives,
+    validators: Validators,
+    first_seen: Option<HttpDate>,
+}
+
+impl Exchange {
+    pub(crate) fn new<ReqBody>(
+        config: Arc<Config>,
+        request: &Request<ReqBody>,
+        route: RouteMatch,
+        key: Key,
+        now: SystemTime,
+        store_allowed: bool,
+        entry: Option<Found>,
+    ) -> Self {
+        let epoch = config.store.epoch(key);
+        Self {
+            config,
+            method: request.method().clone(),
+            route,
+            uri: request.uri().clone(),
+            request_headers: request.headers().clone(),
+            now,
+            key,
+            epoch,
+            write_turn: None,
+            store_allowed,
+            entry,
+            fingerprint: None,
+            unverified_if_range: false,
+            passes: false,
+            trust: Trust::Never,
+            synthesize_last_modified: false,
+            expires_after: None,
+            directives: Directives::default(),
+            validators: Validators::new(),
+            first_seen: None,
+        }
+    }
+
+    /// The route rule the request matched.
+    pub(crate) fn route(&self) -> RouteMatch {
+        self.route
+    }
+
+    /// Whether the store (and the probe) may answer this request.
+    pub(crate) fn store_allowed(&self) -> bool {
+        self.store_allowed
+    }
+
+    pub(crate) fn set_unverified_if_range(&mut self, ranged: bool) {
+        self.unverified_if_range = ranged;
+    }
+
+    pub(crate) fn set_fingerprint(&mut self, fingerprint: Fingerprint) {
+        self.fingerprint = Some(fingerprint);
+    }
+
+    /// The request's path, for traces.
+    fn key(&self) -> &str {
+        self.uri.path()
+    }
+
+    /// The request as the store selects variants by.
+    fn selecting(&self) -> Selecting<'_> {
+        Selecting::new(&self.uri, &self.request_headers, self.config.forwarded_host)
+    }
+
+    pub(crate) fn count(&self, counter: Counter) {
+        self.config.store.counters.bump(counter);
+    }
+
+    /// The entry found in `call`, when it may answer without the service
+    /// now. Trust is re-read at each use on purpose: an invalidation bus can
+    /// disconnect between the lookup and the answer, and nothing learned
+    /// before that may be used after it.
+    pub(crate) fn trusted_entry(&self) -> Option<&Entry> {
+        self.entry
+            .as_ref()
+            .filter(|found| found.may_answer(self.now))
+            .map(Found::entry)
+    }
+
+    /// A conditional write's turn came: the writes before it to the same
+    /// resource have been answered and invalidated what `call` could have
+    /// found, so the entry is looked up now.
+    pub(crate) fn take_turn(&mut self, turn: OwnedMutexGuard<()>) {
+        self.write_turn = Some(turn);
+        self.entry = if self.store_allowed {
+            self.config.store.lookup(self.key, self.selecting())
+        } else {
+            None
+        };
+    }
+
+    /// Judges a conditional write against what the layer learned of its
+    /// target: 412 without calling the service, or the write goes on (and
+    /// keeps its turn until the service has answered).
+    pub(crate) fn judge_write<B: Body>(&mut self, current: Current) -> Outcome<B> {
+        let present = Present::scan(&self.request_headers);
+        let verdict = match &current {
+            Current::Exists(validators) => preconditions::judge(
+                &self.method,
+                &self.request_headers,
+                present,
+                Target::Exists(validators),
+            ),
+            Current::Absent => {
+                preconditions::judge(&self.method, &self.request_headers, present, Target::Absent)
+            }
+            Current::Unknown => Precondition::Proceed,
+        };
+        if verdict == Precondition::Proceed {
+            return Outcome::Call { strip_range: false };
+        }
+        self.write_turn = None;
+        let validators = match current {
+            Current::Exists(validators) => validators,
+            Current::Absent | Current::Unknown => Validators::new(),
+        };
+        Outcome::Answer(self.failed(&validators))
+    }
+
+    /// A 304 from a stored entry, without calling the inner service.
+    fn not_modified_from<B: Body>(&self, entry: &Entry) -> Response<ResponseBody<B>> {
+        self.count(Counter::ShortCircuitNotModified);
+        tracing::debug!(key = self.key(), "304 from the validator store");
+        build::from_entry(entry, self.now, ResponseBody::empty())
+    }
+
+    /// A 412 from known validators, without calling the inner service.
+    fn failed<B: Body>(&self, current: &Validators) -> Response<ResponseBody<B>> {
+        self.count(Counter::ShortCircuitPreconditionFailed);
+        tracing::debug!(key = self.key(), "412 from known validators");
+        build::precondition_failed(current, self.now, ResponseBody::empty())
+    }
+
+    /// Decides from a probe's answer: a 304 or 412, or the inner service is
+    /// called (without `Range` when `If-Range` failed).
+    pub(crate) fn after_probe<B: Body>(&mut self, current: Option<Validators>) -> Outcome<B> {
+        self.count(Counter::Probes);
+        let Some(current) = current.filter(|v| !v.is_empty()) else {
+            // Unknown: a range the service would cut unchecked is not sent.
+            return Outcome::Call {
+                strip_range: self.unverified_if_range,
+            };
+        };
+        let present = Present::scan(&self.request_headers);
+        let target = Target::Exists(&current);
+        match preconditions::judge(&self.method, &self.request_headers, present, target) {
+            Precondition::NotModified => Outcome::Answer(self.not_modified_for_probe(&current)),
+            Precondition::Failed => Outcome::Answer(self.failed(&current)),
+            Precondition::Proceed => {
+                let decision = range::decide(&self.request_headers, Some(&current), self.now);
+                let strip_range = decision == RangeDecision::Strip;
+                if strip_range {
+                    self.request_headers.remove(RANGE);
+                }
+                Outcome::Call { strip_range }
+            }
+        }
+    }
+
+    /// The probe's 304: the stored header set when the store holds this
+    /// representation, else the policy's headers and the probe's validators.
+    fn not_modified_for_probe<B: Body>(&self, current: &Validators) -> Response<ResponseBody<B>> {
+        let stored = self.entry.as_ref().map(Found::entry).filter(|entry| {
+            match (entry.validators.etag(), current.etag()) {
+                (Some(a), Some(b)) => a.weak_eq(b),
+                _ => false,
+            }
+        });
+        if let Some(entry) = stored {
+            return self.not_modified_from(entry);
+        }
+        self.count(Counter::ShortCircuitNotModified);
+        tracing::debug!(key = self.key(), "304 from the probe");
+        let policy = self.config.rules.request_policy(self.route);
+        build::not_modified(
+            build::probe_headers(policy, current, self.now),
+            None,
+            self.now,
+            ResponseBody::empty(),
+        )
+    }
+
+    fn is_get(&self) -> bool {
+        self.method == Method::GET
+    }
+
+    /// Apply policy and validators to the inner service's head, and decide
+    /// whether the body must be read before answering.
+    pub(crate) fn plan<B: Body>(&mut self, head: &mut response::Parts, body: &B) -> Plan<B> {
+        if !(self.is_get() || self.method == Method::HEAD) {
+            self.after_other_method(head);
+            return Plan::Finish;
+        }
+        if self.is_get()
+            && (head.status == StatusCode::NOT_FOUND || head.status == StatusCode::GONE)
+        {
+            self.config.store.forget(self.key);
+        }
+        if !self.adopt_policy(head) {
+            self.passes = true;
+            return Plan::Finish;
+        }
+        self.adopt_validators(head);
+        if self.is_get()
+            && head.status == StatusCode::OK
+            && let Some(plan) = self.buffering(body)
+        {
+            return plan;
+        }
+        // Not hashed: a fingerprint can only be vouched for by a trusted
+        // entry learned from a verified answer (a HEAD after a GET).
+        let known = self
+            .trusted_entry()
+            .and_then(|e| e.validators.etag().cloned());
+        self.settle_fingerprint(&mut head.headers, known.as_ref());
+        Plan::Finish
+    }
+
+    /// An answer to another method passes untouched; a successful unsafe one
+    /// invalidates (RFC 9111 §4.4) and ends the write's turn.
+    fn after_other_method(&mut self, head: &response::Parts) {
+        let store = &self.config.store;
+        if preconditions::is_unsafe(&self.method) {
+            if head.status.is_success() || head.status.is_redirection() {
+                let authority = crate::key::authority_of(&self.uri, &self.request_headers);
+                store.invalidate_after_write(&self.uri, authority, &head.headers);
+            }
+            if self.method == Method::POST && head.status.is_success() {
+                store.accept_post(self.route.scope(self.key));
+            }
+        }
+        // The write has been answered and its invalidation made: the next
+        // write to the resource may be judged.
+        self.write_turn = None;
+        self.passes = true;
+    }
+
+    /// The policy's headers on a 2xx or 304; returns whether the answer is
+    /// a 2xx (the only answers the layer goes on with).
+    fn adopt_policy(&mut self, head: &mut response::Parts) -> bool {
+        let config = self.config.clone();
+        let chosen = head.extensions.remove::<CachePolicy>();
+        let policy = match &chosen {
+            Some(policy) => policy,
+            None => config.rules.response_policy(self.route, &head.headers),
+        };
+        if head.status.is_success() || head.status == StatusCode::NOT_MODIFIED {
+            let applied = build::apply_policy(&mut head.headers, policy, self.now);
+            self.expires_after = policy.expires_after().filter(|_| applied);
+        }
+        if !head.status.is_success() {
+            return false;
+        }
+        self.trust = policy.effective_trust();
+        self.synthesize_last_modified = policy.synthesizes_last_modified();
+        self.store_allowed = self.store_allowed || policy.is_public();
+        self.directives = Directives::parse(&head.headers);
+        true
+    }
+
+    /// The validators the answer carries: the service's (an unquoted tag
+    /// repaired), the trusted entry's under `authoritative` or on a `HEAD`
+    /// that has none.
+    fn adopt_validators(&mut self, head: &mut response::Parts) {
+        if self.config.authoritative {
+            // The service's tag is not the content's: the layer's replaces
+            // it (a hash for a 200 to GET, the trusted entry's otherwise).
+            head.headers.remove(ETAG);
+            if head.status == StatusCode::PARTIAL_CONTENT
+                && let Some(etag) = self.trusted_entry().and_then(|e| e.validators.etag())
+            {
+                head.headers.insert(ETAG, etag.header_value().clone());
+            }
+        }
+        if let Some(repaired) = head
+            .headers
+            .get(ETAG)
+            .and_then(validators::repair_unquoted_etag)
+        {
+            tracing::debug!(key = self.key(), "quoted an unquoted ETag");
+            head.headers.insert(ETAG, repaired);
+        }
+        self.validators = Validators::from_headers(&head.headers);
+        // A HEAD has no body to hash: the validators GET taught the store
+        // fill in what the service did not send, so HEAD agrees with GET.
+        if self.method == Method::HEAD
+            && self.validators.etag().is_none()
+            && let Some(entry) = self.trusted_entry()
+        {
+            let mut known = entry.validators.clone();
+            if let Some(date) = self.validators.last_modified_date() {
+                known.set_last_modified_date(date);
+            }
+            known.write_to(&mut head.headers);
+            self.validators = known;
+        }
+    }
+
+    /// Whether a 200 to GET is read before its head is sent: to hash it, or
+    /// to cut a range from it, within the per-response limit and the budget.
+    fn buffering<B: Body>(&mut self, body: &B) -> Option<Plan<B>> {
+        let want_hash = (self.validators.etag().is_none() && !self.directives.no_store)
+            || self.fingerprint.is_some();
+        let want_range = self.request_headers.contains_key(RANGE);
+        if !(want_hash || want_range) {
+            return None;
+        }
+        let hint = body.size_hint();
+        if hint.lower() > self.config.max_buffer {
+            if want_hash {
+                self.count_unhashed(false);
+            }
+            return None;
+        }
+        let mut buffered = Buffered::new();
+        // A body of known length takes its whole share of the budget at
+        // once, or none: under load the first comers complete instead of
+        // every body holding a part and none finishing.
+        if let Some(len) = hint.exact()
+            && !buffered.reserve_to(&self.config.budget, len)
+        {
+            if want_hash {
+                self.count_unhashed(true);
+            }
+            return None;
+        }
+        Some(Plan::Buffer {
+            hash: want_hash,
+            buffered,
+        })
+    }
+
+    /// Counts and traces why buffering stopped short of the end.
+    pub(crate) fn after_fill(&self, filled: Filled, hashing: bool) {
+        match filled {
+            Filled::Ended => {}
+            Filled::Failed => tracing::debug!(key = self.key(), "body failed while buffering"),
+            Filled::OverLimit if hashing => self.count_unhashed(false),
+            Filled::OverBudget if hashing => self.count_unhashed(true),
+            Filled::OverLimit | Filled::OverBudget => {}
+        }
+    }
+
+    fn count_unhashed(&self, budget: bool) {
+        self.count(Counter::StreamedUnhashed);
+        if budget {
+            self.count(Counter::BufferBudgetExhausted);
+        }
+        tracing::debug!(
+            key = self.key(),
+            budget,
+            "body streamed without a content ETag"
+        );
+    }
+
+    /// The content ETag of a completely read body; it becomes the
+    /// response's ETag unless the service sent its own.
+    pub(crate) fn content_etag(
+        &mut self,
+        head: &mut response::Parts,
+        hasher: ContentHasher,
+    ) -> EntityTag {
+        let etag = hasher.finish();
+        if self.validators.etag().is_none() {
+            head.headers.insert(ETAG, etag.header_value().clone());
+            self.validators = std::mem::take(&mut self.validators).with_etag(etag.clone());
+        }
+        self.count(Counter::Hashed);
+        etag
+    }
+
+    /// For a fingerprinted URL: `immutable` caching when `content` (the hash
+    /// of the bytes served) is the one in the URL, `no-cache` otherwise.
+    pub(crate) fn settle_fingerprint(
+        &mut self,
+        headers: &mut HeaderMap,
+        content: Option<&EntityTag>,
+    ) {
+        let (Some(fingerprint), Some(immutable)) = (&self.fingerprint, &self.config.fingerprints)
+        else {
+            return;
+        };
+        let verified = content.is_some_and(|etag| fingerprint.matches(etag));
+        let fallback;
+        let policy = if verified {
+            immutable
+        } else {
+            tracing::debug!(key = self.key(), "fingerprint does not match the content");
+            fallback = CachePolicy::no_cache().override_existing();
+            &fallback
+        };
+        headers.remove(EXPIRES);
+        build::apply_policy(headers, policy, self.now);
+        self.trust = policy.effective_trust();
+        self.expires_after = None;
+        self.directives = Directives::parse(headers);
+    }
+
+    /// Evaluate preconditions → learn → serve a range or the whole body.
+    pub(crate) fn finish<B: Body>(
+        &mut self,
+        mut head: response::Parts,
+        source: Source<B>,
+    ) -> Response<ResponseBody<B>> {
+        if self.passes {
+            return Response::from_parts(head, source.into_body());
+        }
+        let learnable = self.is_get() && head.status == StatusCode::OK && source.is_complete();
+        if learnable && self.synthesize_last_modified {
+            self.synthesize_last_modified(&mut head.headers);
+        }
+        if let Some(answer) = self.judge_answer(&head.headers, learnable) {
+            return answer;
+        }
+        if learnable && !self.validators.is_empty() {
+            self.learn(&head.headers);
+        }
+        self.serve(head, source)
+    }
+
+    /// The preconditions against the inner service's 2xx: a 304 or 412
+    /// made from it, or `None` to send it.
+    fn judge_answer<B: Body>(
+        &mut self,
+        headers: &HeaderMap,
+        learnable: bool,
+    ) -> Option<Response<ResponseBody<B>>> {
+        if self.validators.is_empty() {
+            return None;
+        }
+        let present = Present::scan(&self.request_headers);
+        let target = Target::Exists(&self.validators);
+        match preconditions::judge(&self.method, &self.request_headers, present, target) {
+            Precondition::NotModified => {
+                if learnable {
+                    self.learn(headers);
+                }
+                self.count(Counter::NotModifiedFromInner);
+                Some(build::not_modified(
+                    build::not_modified_headers(headers),
+                    None,
+                    self.now,
+                    ResponseBody::empty(),
+                ))
+            }
+            Precondition::Failed => {
+                self.count(Counter::PreconditionFailedFromInner);
+                Some(build::precondition_failed(
+                    &self.validators,
+                    self.now,
+                    ResponseBody::empty(),
+                ))
+            }
+            Precondition::Proceed => None,
+        }
+    }
+
+    /// The whole body, or the range the layer cuts from a complete buffered
+    /// 200 (advertised with `Accept-Ranges`).
+    fn serve<B: Body>(
+        &self,
+        mut head: response::Parts,
+        source: Source<B>,
+    ) -> Response<ResponseBody<B>> {
+        match source {
+            Source::Buffered(buffered)
+                if self.is_get() && head.status == StatusCode::OK && buffered.is_complete() =>
+            {
+                head.headers
+                    .entry(ACCEPT_RANGES)
+                    .or_insert(HeaderValue::from_static("bytes"));
+                let decision =
+                    range::decide(&self.request_headers, Some(&self.validators), self.now);
+                if decision == RangeDecision::CutHere {
+                    return range::answer(
+                        head,
+                        buffered,
+                        self.request_headers.get_all(RANGE),
+                        self.validators.etag(),
+                    );
+                }
+                Response::from_parts(head, ResponseBody::chunks(buffered))
+            }
+            source => Response::from_parts(head, source.into_body()),
+        }
+    }
+
+    /// Last-Modified for a service that sends none: when this ETag was first
+    /// seen under the key, strictly later than any earlier version's.
+    fn synthesize_last_modified(&mut self, headers: &mut HeaderMap) {
+        if self.validators.last_modified_date().is_some() {
+            return;
+        }
+        let Some(etag) = self.validators.etag() else {
+            return;
+        };
+        let now = HttpDate::from_system_time(self.now);
+        let previous = self.config.store.lookup(self.key, self.selecting());
+        let first_seen = match previous.as_ref().map(Found::entry) {
+            Some(entry) if entry.validators.etag().is_some_and(|e| e.weak_eq(etag)) => {
+                entry.first_seen
+            }
+            Some(entry) => now.max(HttpDate::from_secs(
+                entry.first_seen.secs().saturating_add(1),
+            )),
+            None => now,
+        };
+        self.validators.set_last_modified_date(first_seen);
+        self.first_seen = Some(first_seen);
+        headers.insert(LAST_MODIFIED, first_seen.header_value());
+    }
+
+    /// Remembers the validators of a `200` to `GET`, unless the response
+    /// may not be shared: `no-store`, `private`, `Set-Cookie`, `Vary: *`, or
+    /// a request with credentials under a policy that is not `public`.
+    fn learn(&self, headers: &HeaderMap) {
+        if !self.store_allowed
+            || self.directives.no_store
+            || self.directives.private
+            || headers.contains_key(SET_COOKIE)
+        {
+            return;
+        }
+        let Some(vary) = crate::key::vary_names(headers) else {
+            return;
+        };
+        let entry = Entry {
+            validators: self.validators.clone(),
+            headers: build::stored_not_modified_headers(headers, self.now),
+            trusted_until: self.trust.until(self.directives.reuse_lifetime(), self.now),
+            expires_after: self.expires_after,
+            first_seen: self
+                .first_seen
+                .or_else(|| self.validators.last_modified_date())
+                .unwrap_or_else(|| HttpDate::from_system_time(self.now)),
+        };
+        // Refusals are counted and traced by the store.
+        let _ = self
+            .config
+            .store
+            .learn(self.key, self.selecting(), &vary, entry, self.epoch);
+    }
+}

@@ -1,0 +1,94 @@
+//! What a guarded conditional write is judged against when the store holds
+//! no trusted validators: the answer to an internal `GET` of its target.
+//! See [`MediaCacheLayer::verify_conditional_writes`](crate::MediaCacheLayer::verify_conditional_writes).
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Buf;
+use http::header::ETAG;
+use http::{Response, StatusCode};
+use http_body::Body;
+
+use crate::validators::{self, ContentHasher, Validators};
+
+/// What the layer knows of a write's target before the write runs.
+pub(crate) enum Current {
+    /// A current representation with these validators.
+    Exists(Validators),
+    /// No current representation: the service answers `GET` with 404/410.
+    Absent,
+    /// The service did not say (another status, an error): the write goes
+    /// to the service with its preconditions, for it to judge.
+    Unknown,
+}
+
+/// The answer to an internal `GET`: what its status and validators say, or
+/// its body to hash when it carries no `ETag` (or under `authoritative`,
+/// where the service's tag is not the content's).
+pub(crate) fn fetched<B: Body>(
+    response: Response<B>,
+    authoritative: bool,
+) -> Result<Current, Box<Fetched<B>>> {
+    let (mut head, body) = response.into_parts();
+    if head.status == StatusCode::NOT_FOUND || head.status == StatusCode::GONE {
+        return Ok(Current::Absent);
+    }
+    if !head.status.is_success() {
+        return Ok(Current::Unknown);
+    }
+    if authoritative {
+        head.headers.remove(ETAG);
+    } else if let Some(repaired) = head
+        .headers
+        .get(ETAG)
+        .and_then(validators::repair_unquoted_etag)
+    {
+        head.headers.insert(ETAG, repaired);
+    }
+    let validators = Validators::from_headers(&head.headers);
+    if validators.etag().is_some() {
+        return Ok(Current::Exists(validators));
+    }
+    Err(Box::new(Fetched {
+        body: Box::pin(body),
+        validators,
+        hasher: ContentHasher::new(),
+    }))
+}
+
+/// The body of an internal `GET`, hashed as it is read and dropped: never
+/// buffered, whatever its size.
+pub(crate) struct Fetched<B> {
+    body: Pin<Box<B>>,
+    validators: Validators,
+    hasher: ContentHasher,
+}
+
+impl<B: Body> Fetched<B> {
+    /// Reads to the end; the content ETag completes the validators. A body
+    /// error leaves them unknown.
+    pub(crate) fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<Current> {
+        loop {
+            match ready!(self.body.as_mut().poll_frame(cx)) {
+                None => {
+                    let validators = std::mem::take(&mut self.validators);
+                    return Poll::Ready(Current::Exists(
+                        validators.with_etag(self.hasher.finish()),
+                    ));
+                }
+                Some(Err(_)) => return Poll::Ready(Current::Unknown),
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            let len = chunk.len();
+                            self.hasher.update(chunk);
+                            data.advance(len);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -94,12 +94,12 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    fn new(route: RouteMatch, key: Key, store_allowed: bool) -> Self {
+    fn new(route: RouteMatch, key: Key, store_allowed: bool, entry: Option<Found>) -> Self {
         Self {
             route,
             key,
             store_allowed,
-            entry: None,
+            entry,
             strip_range: false,
             hide_preconditions: false,
             hide_range: false,
@@ -219,29 +219,35 @@ pub(crate) fn classify<ReqBody>(
     // A write the layer may refuse with 412 itself (else the service judges
     // its preconditions: it may not accept the method at all).
     let guarded = write && config.guards_write(method, route.scope(key));
-    let mut plan = Plan::new(route, key, store_allowed);
     if guarded && config.verify_writes {
-        return Decision::Write(plan);
+        return Decision::Write(Plan::new(route, key, store_allowed, None));
     }
     // Preconditions the layer may answer before the service.
     let judged = conditional && (!write || guarded);
     let ranged = *method == Method::GET && present.range && present.if_range;
     let needs_entry =
         judged || ranged || *method == Method::HEAD || (config.authoritative && present.range);
-    if store_allowed && needs_entry {
+    let entry = if store_allowed && needs_entry {
         let selecting = Selecting::scanned(request.uri(), headers, &present, config.forwarded_host);
-        plan.entry = config.store.lookup(key, selecting);
+        config.store.lookup(key, selecting)
+    } else {
+        None
+    };
+    let trusted = entry.as_ref().is_some_and(|found| found.may_answer(now));
+    let mut strip_range = false;
+    if trusted && policy.probe_ref().is_none() {
+        let current = &entry.as_ref().expect("a trusted entry").entry().validators;
+        match answer_from_store(request, present, judged, ranged, current, now) {
+            StoreSays::NotModified => {
+                return Decision::Answer(Answer::NotModified(entry.expect("a trusted entry")));
+            }
+            StoreSays::Failed => return Decision::Answer(Answer::Failed(current.clone())),
+            StoreSays::Proceed { strip_range: strip } => strip_range = strip,
+        }
     }
     let probe = store_allowed && (judged || ranged) && policy.probe_ref().is_some();
-    let trusted = plan
-        .entry
-        .as_ref()
-        .is_some_and(|found| found.may_answer(now));
-    if policy.probe_ref().is_none()
-        && let Some(answer) = answer_from_store(&mut plan, request, present, judged, ranged, now)
-    {
-        return Decision::Answer(answer);
-    }
+    let mut plan = Plan::new(route, key, store_allowed, entry);
+    plan.strip_range = strip_range;
     if config.fingerprints.is_some() {
         plan.fingerprint = Fingerprint::parse(request.uri().path(), request.uri().query());
     }
@@ -256,30 +262,35 @@ pub(crate) fn classify<ReqBody>(
     }
 }
 
-/// The answer a trusted entry gives without the service, if any: 304 or
-/// 412 when the preconditions the layer judges say so. Otherwise, when the
-/// client's partial copy (`If-Range`) is not the current one, the plan
-/// strips `Range` so the service sends all of it.
+/// What a trusted entry says of a request the layer may judge.
+enum StoreSays {
+    NotModified,
+    Failed,
+    /// The service is called; without `Range` when `If-Range` failed (the
+    /// client's partial copy is not the current one: it gets all of it).
+    Proceed {
+        strip_range: bool,
+    },
+}
+
+/// Judges a request against a trusted entry's validators: 304 or 412
+/// without the service when the preconditions the layer judges say so.
 fn answer_from_store<ReqBody>(
-    plan: &mut Plan,
     request: &Request<ReqBody>,
     present: Present<'_>,
     judged: bool,
     ranged: bool,
+    current: &Validators,
     now: SystemTime,
-) -> Option<Answer> {
-    let found = plan.entry.as_ref().filter(|found| found.may_answer(now))?;
-    let current = &found.entry().validators;
+) -> StoreSays {
     let (method, headers) = (request.method(), request.headers());
     if judged {
         match preconditions::judge(method, headers, present, Target::Exists(current)) {
-            Precondition::NotModified => {
-                return plan.entry.take().map(Answer::NotModified);
-            }
-            Precondition::Failed => return Some(Answer::Failed(current.clone())),
+            Precondition::NotModified => return StoreSays::NotModified,
+            Precondition::Failed => return StoreSays::Failed,
             Precondition::Proceed => {}
         }
     }
-    plan.strip_range = ranged && range::decide(headers, Some(current), now) == RangeDecision::Strip;
-    None
+    let strip_range = ranged && range::decide(headers, Some(current), now) == RangeDecision::Strip;
+    StoreSays::Proceed { strip_range }
 }

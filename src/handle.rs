@@ -20,7 +20,8 @@ macro_rules! counters {
         }
 
         impl Counter {
-            const ALL: &'static [Counter] = &[$( Counter::$name, )*];
+            /// How many counters there are.
+            const COUNT: usize = [$( Counter::$name, )*].len();
         }
 
         /// A snapshot of the layer's counters, from [`CacheHandle::stats`].
@@ -93,7 +94,7 @@ counters! {
 /// The counters, shared by the service, its store and its handle.
 #[derive(Debug)]
 pub(crate) struct Counters {
-    counts: Box<[AtomicU64]>,
+    counts: [AtomicU64; Counter::COUNT],
     /// A gauge, not a counter: the variants in the store now.
     variants: AtomicU64,
 }
@@ -101,7 +102,7 @@ pub(crate) struct Counters {
 impl Default for Counters {
     fn default() -> Self {
         Self {
-            counts: Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
             variants: AtomicU64::new(0),
         }
     }

@@ -188,6 +188,24 @@ trait Sink {
     fn mark(&mut self, byte: u8) -> bool;
 }
 
+/// Measures a selector, refusing one longer than `limit`.
+struct Length {
+    len: usize,
+    limit: usize,
+}
+
+impl Sink for Length {
+    fn take(&mut self, bytes: &[u8], _fold: bool) -> bool {
+        self.len += bytes.len();
+        self.len <= self.limit
+    }
+
+    fn mark(&mut self, _byte: u8) -> bool {
+        self.len += 1;
+        self.len <= self.limit
+    }
+}
+
 /// Builds a selector, refusing one longer than `limit`.
 struct Encoder {
     out: Vec<u8>,
@@ -318,8 +336,14 @@ impl<'a> Selecting<'a> {
     /// response that varies on `vary`, or `None` when it is longer than
     /// `limit` bytes (such requests are not learned).
     pub(crate) fn encode(&self, vary: &[HeaderName], limit: usize) -> Option<Box<[u8]>> {
+        // Measured first, then written into an exact allocation: a selector
+        // is built on every learn, and growing or shrinking it would copy.
+        let mut length = Length { len: 0, limit };
+        if !self.parts(vary, &mut length) {
+            return None;
+        }
         let mut encoder = Encoder {
-            out: Vec::new(),
+            out: Vec::with_capacity(length.len),
             limit,
         };
         self.parts(vary, &mut encoder)

@@ -72,21 +72,21 @@ where
     /// guard a write, ask the probe, or call the inner service; the
     /// [`ResponseFuture`] does the rest.
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let config = self.config.clone();
-        let now = (config.clock)();
-        match classify(&request, &config, now) {
+        let now = (self.config.clock)();
+        match classify(&request, &self.config, now) {
             Decision::Pass => ResponseFuture::passthrough(self.inner.call(request)),
             Decision::Answer(answer) => {
-                ResponseFuture::ready(answer.respond(&config, request.uri(), now))
+                ResponseFuture::ready(answer.respond(&self.config, request.uri(), now))
             }
             Decision::Write(plan) => {
-                let (key, exchange) = plan.begin_write(&config, &request, now);
-                let turn: WriteTurn = Box::pin(config.store.write_lock(key).lock_owned());
+                let (key, exchange) = plan.begin_write(&self.config, &request, now);
+                let lock = self.config.store.write_lock(key);
+                let turn: WriteTurn = Box::pin(lock.lock_owned());
                 let (probe, request) = self.probe_for(request, &exchange);
                 ResponseFuture::conditional_write(turn, probe, self.hold(request), exchange)
             }
             Decision::Probe(plan) => {
-                let exchange = plan.begin(&config, &mut request, now);
+                let exchange = plan.begin(&self.config, &mut request, now);
                 match self.probe_for(request, &exchange) {
                     (Some(probe), request) => {
                         ResponseFuture::probing(probe, self.hold(request), exchange)
@@ -95,7 +95,7 @@ where
                 }
             }
             Decision::Call(plan) => {
-                let exchange = plan.begin(&config, &mut request, now);
+                let exchange = plan.begin(&self.config, &mut request, now);
                 ResponseFuture::inner(self.inner.call(request), exchange)
             }
         }

@@ -12,7 +12,6 @@
 //! holds, so a lookup costs one hash-map probe whatever the number of
 //! entries, and memory stays within the configured capacity.
 
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -252,9 +251,6 @@ pub(crate) struct Found {
     entry: Arc<Entry>,
     /// The bus's state when the lookup began (`None` without a bus).
     watch: Option<Watch>,
-    counters: Arc<Counters>,
-    /// Whether this lookup was already counted as a bus fallback.
-    fallback_counted: Cell<bool>,
 }
 
 impl Found {
@@ -266,19 +262,10 @@ impl Found {
     /// Whether the entry may answer without the inner service now: its own
     /// trust window ([`Entry::is_trusted`]), and an invalidation bus, if
     /// any, connected since the lookup began. A disconnected bus may have
-    /// lost invalidations, so nothing may answer; the first refusal of an
-    /// otherwise trusted entry is counted.
+    /// lost invalidations, so nothing may answer (the first refusal of an
+    /// otherwise trusted entry is counted by the [`Watch`]).
     pub(crate) fn may_answer(&self, now: SystemTime) -> bool {
-        if !self.entry.is_trusted(now) {
-            return false;
-        }
-        if self.watch.as_ref().is_none_or(Watch::connected_throughout) {
-            return true;
-        }
-        if !self.fallback_counted.replace(true) {
-            self.counters.bump(Counter::BusDisconnectedFallbacks);
-        }
-        false
+        self.entry.is_trusted(now) && self.watch.as_ref().is_none_or(Watch::connected_throughout)
     }
 }
 
@@ -408,7 +395,7 @@ impl Store {
 
     /// The variant of `key` that this request selects.
     pub(crate) fn lookup(&self, key: Key, request: Selecting<'_>) -> Option<Found> {
-        let watch = self.gate.watch();
+        let watch = self.gate.watch(&self.counters);
         let resource = self.map.get(&key.hash())?;
         resource
             .variants
@@ -417,8 +404,6 @@ impl Store {
             .map(|variant| Found {
                 entry: variant.entry.clone(),
                 watch,
-                counters: self.counters.clone(),
-                fallback_counted: Cell::new(false),
             })
     }
 

@@ -1,10 +1,12 @@
 //! The store's side of an invalidation bus: the bus, once attached, and
 //! whether it is connected — the gate every answer from the store passes.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use super::{BusLink, Invalidation, InvalidationBus};
+use crate::handle::{Counter, Counters};
 
 /// The bus a store publishes to and the state of its connection.
 pub(crate) struct Gate {
@@ -92,10 +94,12 @@ impl Gate {
     /// a bus (nothing can change then). Taken before a lookup reads the map:
     /// an entry read after a reconnection's clear began is then never taken
     /// for a fresh one.
-    pub(crate) fn watch(&self) -> Option<Watch> {
+    pub(crate) fn watch(&self, counters: &Arc<Counters>) -> Option<Watch> {
         self.bus.get().map(|_| Watch {
             state: self.state.clone(),
             at: self.state.load(Ordering::SeqCst),
+            counters: counters.clone(),
+            fallback_counted: Cell::new(false),
         })
     }
 }
@@ -105,12 +109,21 @@ impl Gate {
 pub(crate) struct Watch {
     state: Arc<AtomicU64>,
     at: u64,
+    /// Where a refusal is counted, once per lookup.
+    counters: Arc<Counters>,
+    fallback_counted: Cell<bool>,
 }
 
 impl Watch {
     /// Whether the bus was connected when the lookup began and has stayed so
-    /// since: only then may what the lookup found answer.
+    /// since: only then may what the lookup found answer. The first refusal
+    /// of an entry that would otherwise answer is counted
+    /// ([`Stats::bus_disconnected_fallbacks`](crate::Stats::bus_disconnected_fallbacks)).
     pub(crate) fn connected_throughout(&self) -> bool {
-        self.at % 2 == 1 && self.state.load(Ordering::SeqCst) == self.at
+        let connected = self.at % 2 == 1 && self.state.load(Ordering::SeqCst) == self.at;
+        if !connected && !self.fallback_counted.replace(true) {
+            self.counters.bump(Counter::BusDisconnectedFallbacks);
+        }
+        connected
     }
 }

@@ -6,9 +6,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::header::{
-    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
-};
+use http::header::RANGE;
 use http::{Method, Request, Response, Uri};
 use http_body::Body;
 
@@ -121,7 +119,7 @@ impl Plan {
     /// Applies the plan's edits to the request and opens the exchange that
     /// carries the rest to the response.
     pub(crate) fn begin<ReqBody>(
-        self,
+        mut self,
         config: &Arc<Config>,
         request: &mut Request<ReqBody>,
         now: SystemTime,
@@ -130,37 +128,25 @@ impl Plan {
             request.headers_mut().remove(RANGE);
         }
         // The exchange keeps the fields the service will not see.
-        let mut exchange = Exchange::new(
-            config.clone(),
-            request,
-            self.route,
-            self.key,
-            now,
-            self.store_allowed,
-            self.entry,
-        );
-        if let Some(fingerprint) = self.fingerprint {
+        let (fingerprint, hide_preconditions) = (self.fingerprint.take(), self.hide_preconditions);
+        let (hide_range, unverified_if_range) = (self.hide_range, self.unverified_if_range);
+        let mut exchange = self.open(config, request, now);
+        if let Some(fingerprint) = fingerprint {
             // A fingerprinted URL reaches the service as its plain path.
             if let Some(plain) = with_path(request.uri(), &fingerprint.plain) {
                 *request.uri_mut() = plain;
             }
             exchange.set_fingerprint(fingerprint);
         }
-        if self.hide_preconditions {
+        if hide_preconditions {
             let headers = request.headers_mut();
-            for name in [
-                IF_MATCH,
-                IF_NONE_MATCH,
-                IF_MODIFIED_SINCE,
-                IF_UNMODIFIED_SINCE,
-                IF_RANGE,
-            ] {
+            for name in preconditions::FIELDS {
                 headers.remove(name);
             }
-            if self.hide_range {
+            if hide_range {
                 headers.remove(RANGE);
             }
-            exchange.set_unverified_if_range(self.unverified_if_range);
+            exchange.set_unverified_if_range(unverified_if_range);
         }
         exchange
     }
@@ -173,16 +159,25 @@ impl Plan {
         request: &Request<ReqBody>,
         now: SystemTime,
     ) -> (Key, Exchange) {
-        let exchange = Exchange::new(
+        (self.key, self.open(config, request, now))
+    }
+
+    /// The exchange that carries what the plan knew to the response.
+    fn open<ReqBody>(
+        self,
+        config: &Arc<Config>,
+        request: &Request<ReqBody>,
+        now: SystemTime,
+    ) -> Exchange {
+        Exchange::new(
             config.clone(),
             request,
             self.route,
             self.key,
             now,
             self.store_allowed,
-            None,
-        );
-        (self.key, exchange)
+            self.entry,
+        )
     }
 }
 

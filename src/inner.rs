@@ -12,8 +12,7 @@ use std::future::Future;
 use std::task::{Context, Poll};
 
 use http::header::{
-    CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
+    CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RANGE, TRANSFER_ENCODING,
 };
 use http::{Method, Request};
 use tower_service::Service;
@@ -86,19 +85,14 @@ where
         *request.extensions_mut() = original.extensions().clone();
         let headers = request.headers_mut();
         *headers = original.headers().clone();
-        for name in [
-            IF_MATCH,
-            IF_NONE_MATCH,
-            IF_MODIFIED_SINCE,
-            IF_UNMODIFIED_SINCE,
-            IF_RANGE,
+        for name in crate::preconditions::FIELDS.into_iter().chain([
             RANGE,
             CONTENT_LENGTH,
             CONTENT_TYPE,
             CONTENT_ENCODING,
             TRANSFER_ENCODING,
             EXPECT,
-        ] {
+        ]) {
             headers.remove(name);
         }
         self.ready = false;

@@ -28,6 +28,16 @@ use http::{HeaderMap, Method};
 use crate::headers::{self, HttpDate, TagList};
 use crate::validators::Validators;
 
+/// The conditional fields of RFC 9110 §13.1, for hiding them from the
+/// service (the layer judges them alone, or asks a `GET` of its own).
+pub(crate) const FIELDS: [http::HeaderName; 5] = [
+    IF_MATCH,
+    IF_NONE_MATCH,
+    IF_MODIFIED_SINCE,
+    IF_UNMODIFIED_SINCE,
+    IF_RANGE,
+];
+
 /// What the preconditions of a request say to do with it, RFC 9110 §13.2.2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precondition {

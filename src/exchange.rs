@@ -94,6 +94,9 @@ pub(crate) struct Exchange {
     expires_after: Option<Duration>,
     directives: Directives,
     validators: Validators,
+    /// The layer hashed the answer's body (a `HEAD` that carried the whole
+    /// body, too): its validators are the `GET`'s.
+    hashed: bool,
     first_seen: Option<HttpDate>,
 }
 
@@ -128,6 +131,7 @@ impl Exchange {
             expires_after: None,
             directives: Directives::default(),
             validators: Validators::new(),
+            hashed: false,
             first_seen: None,
         }
     }
@@ -299,8 +303,7 @@ impl Exchange {
             return Plan::Finish;
         }
         self.adopt_validators(head);
-        if self.is_get()
-            && head.status == StatusCode::OK
+        if head.status == StatusCode::OK
             && let Some(plan) = self.buffering(body)
         {
             return plan;
@@ -394,12 +397,19 @@ impl Exchange {
         }
     }
 
-    /// Whether a 200 to GET is read before its head is sent: to hash it, or
-    /// to cut a range from it, within the per-response limit and the budget.
+    /// Whether a 200 is read before its head is sent: to hash it, or to cut
+    /// a range from it (GET), within the per-response limit and the budget.
+    /// A `HEAD` is hashed only when the service produced its body anyway
+    /// (axum's router and hyper `service_fn`s do, and the server drops it):
+    /// RFC 9110 §9.3.2, the same validators as `GET`.
     fn buffering<B: Body>(&mut self, body: &B) -> Option<Plan<B>> {
+        let has_body = body.size_hint().exact() != Some(0) && !body.is_end_stream();
+        if self.method == Method::HEAD && !has_body {
+            return None;
+        }
         let want_hash = (self.validators.etag().is_none() && !self.directives.no_store)
             || self.fingerprint.is_some();
-        let want_range = self.request_headers.contains_key(RANGE);
+        let want_range = self.is_get() && self.request_headers.contains_key(RANGE);
         if !(want_hash || want_range) {
             return None;
         }
@@ -451,6 +461,22 @@ impl Exchange {
         );
     }
 
+    /// Whether a completely read body is the representation: always for a
+    /// `GET`; for a `HEAD`, when its length is the one the answer declares
+    /// (`Content-Length`, else the body's exact size), so a `HEAD` body that
+    /// is not the `GET`'s never gives it a validator.
+    pub(crate) fn represents<B: Body>(&self, head: &response::Parts, read: &Buffered<B>) -> bool {
+        if self.method != Method::HEAD {
+            return true;
+        }
+        let declared = head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        declared.is_none_or(|len| len == read.len)
+    }
+
     /// The content ETag of a completely read body; it becomes the
     /// response's ETag unless the service sent its own.
     pub(crate) fn content_etag(
@@ -458,6 +484,7 @@ impl Exchange {
         head: &mut response::Parts,
         hasher: ContentHasher,
     ) -> EntityTag {
+        self.hashed = true;
         let etag = hasher.finish();
         if self.validators.etag().is_none() {
             head.headers.insert(ETAG, etag.header_value().clone());
@@ -503,7 +530,8 @@ impl Exchange {
         if self.passes {
             return Response::from_parts(head, source.into_body());
         }
-        let learnable = self.is_get() && head.status == StatusCode::OK && source.is_complete();
+        let learnable =
+            (self.is_get() || self.hashed) && head.status == StatusCode::OK && source.is_complete();
         if learnable && self.synthesize_last_modified {
             self.synthesize_last_modified(&mut head.headers);
         }
@@ -517,15 +545,14 @@ impl Exchange {
     }
 
     /// The preconditions against the inner service's 2xx: a 304 or 412
-    /// made from it, or `None` to send it.
+    /// made from it, or `None` to send it. Evaluated even when no validator
+    /// is known: `If-None-Match: *` holds against any representation (304,
+    /// RFC 9110 §13.1.2) and `If-Match: "x"` matches none (412, §13.1.1).
     fn judge_answer<B: Body>(
         &mut self,
         headers: &HeaderMap,
         learnable: bool,
     ) -> Option<Response<ResponseBody<B>>> {
-        if self.validators.is_empty() {
-            return None;
-        }
         let present = Present::scan(&self.request_headers);
         let target = Target::Exists(&self.validators);
         match preconditions::judge(&self.method, &self.request_headers, present, target) {

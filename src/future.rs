@@ -286,7 +286,9 @@ fn read<F, B: Body>(exchange: &mut Exchange, reading: Reading<B>) -> State<F, B>
         ..
     } = reading;
     let hash = match hasher {
-        Some(hasher) if buffered.is_complete() => Some(exchange.content_etag(&mut head, hasher)),
+        Some(hasher) if buffered.is_complete() && exchange.represents(&head, &buffered) => {
+            Some(exchange.content_etag(&mut head, hasher))
+        }
         _ => None,
     };
     exchange.settle_fingerprint(&mut head.headers, hash.as_ref());

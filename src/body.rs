@@ -270,7 +270,7 @@ impl<B: Body> Buffered<B> {
                         let within_limit = self.len + len <= limit;
                         let granted = within_limit && self.reserve_to(budget, self.len + len);
                         if let Some(hasher) = hasher.as_deref_mut() {
-                            hasher.update(&bytes);
+                            hasher.update_bytes(&bytes);
                         }
                         self.len += len;
                         self.chunks.push_back(bytes);

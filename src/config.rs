@@ -11,6 +11,7 @@ use crate::body::Budget;
 use crate::policy::CachePolicy;
 use crate::rules::Rules;
 use crate::store::Store;
+use crate::validators::HashMemo;
 
 pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
@@ -33,6 +34,8 @@ pub(crate) struct Config {
     /// Learn the current validators before a conditional write when none is
     /// trusted.
     pub(crate) verify_writes: bool,
+    /// Content hashes remembered by buffer identity.
+    pub(crate) hash_memo: Arc<HashMemo>,
 }
 
 impl Config {

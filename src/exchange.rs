@@ -485,7 +485,10 @@ impl Exchange {
         hasher: ContentHasher,
     ) -> EntityTag {
         self.hashed = true;
-        let etag = hasher.finish();
+        let (etag, remembered) = hasher.finish(&self.config.hash_memo);
+        if remembered {
+            self.count(Counter::HashMemoHits);
+        }
         if self.validators.etag().is_none() {
             head.headers.insert(ETAG, etag.header_value().clone());
             self.validators = std::mem::take(&mut self.validators).with_etag(etag.clone());

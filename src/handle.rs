@@ -71,6 +71,9 @@ counters! {
     probes => Probes,
     /// Response bodies buffered and hashed for a content ETag.
     hashed => Hashed,
+    /// Of those, the ones whose hash the layer remembered from an earlier
+    /// response handing out the same `Bytes` buffer (not read again).
+    hash_memo_hits => HashMemoHits,
     /// Bodies that streamed through without an ETag: over the per-response
     /// limit or over the global buffer budget.
     streamed_unhashed => StreamedUnhashed,

@@ -12,11 +12,15 @@ use crate::policy::CachePolicy;
 use crate::rules::{Rule, Rules};
 use crate::service::MediaCache;
 use crate::store::Store;
+use crate::validators::HashMemo;
 
 /// Default per-response limit on bytes buffered to compute a content ETag.
 pub const DEFAULT_MAX_BUFFER: u64 = 16 * 1024 * 1024;
 /// Default cap on bytes buffered across all in-flight responses.
 pub const DEFAULT_BUFFER_BUDGET: u64 = 256 * 1024 * 1024;
+/// Default number of bytes of response buffers the hash memo keeps alive
+/// (64 MiB): see [`MediaCacheLayer::hash_memo_bytes`].
+pub const DEFAULT_HASH_MEMO_BYTES: u64 = 64 * 1024 * 1024;
 /// Default number of bytes the validator store keeps (64 MiB).
 pub const DEFAULT_STORE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 /// What [`MediaCacheLayer::store_capacity`] used to count: the bytes an
@@ -71,6 +75,7 @@ impl MediaCacheLayer {
                 forwarded_host: false,
                 write_methods: vec![Method::PUT, Method::PATCH, Method::DELETE],
                 verify_writes: true,
+                hash_memo: Arc::new(HashMemo::new(DEFAULT_HASH_MEMO_BYTES)),
             }),
         }
     }
@@ -157,6 +162,26 @@ impl MediaCacheLayer {
     )]
     pub fn store_capacity(self, variants: usize) -> Self {
         self.store_capacity_bytes((variants as u64).saturating_mul(APPROXIMATE_VARIANT_BYTES))
+    }
+
+    /// How many bytes of response buffers the hash memo may keep alive
+    /// (default 64 MiB; 0 turns it off).
+    ///
+    /// A service that hands out the same `Bytes` again — media held in
+    /// memory, `Bytes` clones from a cache — answers with a body of one
+    /// frame whose buffer the layer has hashed before: the memo recognises
+    /// it by address and length and skips reading it. Each entry holds a
+    /// clone of the `Bytes`, so the buffer cannot be freed and its memory
+    /// reused for other bytes while the entry lives (least recently used
+    /// entries go first past the limit). Bodies under 1 KiB, bodies of
+    /// several frames and bodies read per request are hashed as always.
+    ///
+    /// Turn it off for a service whose `Bytes` can change under the same
+    /// address, which safe Rust does not allow but `Bytes::from_owner` over
+    /// a writable shared memory map would.
+    pub fn hash_memo_bytes(mut self, bytes: u64) -> Self {
+        self.config().hash_memo = Arc::new(HashMemo::new(bytes));
+        self
     }
 
     /// Tells store variants apart by `X-Forwarded-Host` and `Forwarded` too,

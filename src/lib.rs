@@ -80,7 +80,8 @@ pub use future::ResponseFuture;
 pub use handle::{CacheHandle, Stats};
 pub use headers::{EntityTag, InvalidEntityTag};
 pub use layer::{
-    DEFAULT_BUFFER_BUDGET, DEFAULT_MAX_BUFFER, DEFAULT_STORE_CAPACITY_BYTES, MediaCacheLayer,
+    DEFAULT_BUFFER_BUDGET, DEFAULT_HASH_MEMO_BYTES, DEFAULT_MAX_BUFFER,
+    DEFAULT_STORE_CAPACITY_BYTES, MediaCacheLayer,
 };
 pub use policy::{CachePolicy, Probe, ProbeFuture, Trust};
 pub use range::MAX_RANGES;

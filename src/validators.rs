@@ -22,6 +22,7 @@
 
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use http::header::{ETAG, LAST_MODIFIED};
 use http::{HeaderMap, HeaderValue};
 use twox_hash::XxHash3_128;
@@ -120,20 +121,132 @@ pub fn content_etag(bytes: &[u8]) -> EntityTag {
 }
 
 /// Incremental form of [`content_etag`], fed one body frame at a time so
-/// that the body is never copied into one contiguous buffer.
-pub(crate) struct ContentHasher(XxHash3_128);
+/// that the body is never copied into one contiguous buffer. A body of one
+/// frame is not hashed until the end, so that [`HashMemo`] can recognise
+/// a buffer it has hashed before.
+pub(crate) struct ContentHasher {
+    state: XxHash3_128,
+    /// The first frame, kept (a `Bytes` clone) until a second one comes.
+    first: Option<Bytes>,
+    /// Whether anything went into `state`.
+    fed: bool,
+}
 
 impl ContentHasher {
     pub(crate) fn new() -> Self {
-        Self(XxHash3_128::new())
+        Self {
+            state: XxHash3_128::new(),
+            first: None,
+            fed: false,
+        }
     }
 
+    /// Feeds a frame the layer keeps anyway (no copy).
+    pub(crate) fn update_bytes(&mut self, bytes: &Bytes) {
+        if !self.fed && self.first.is_none() {
+            self.first = Some(bytes.clone());
+            return;
+        }
+        self.update(bytes);
+    }
+
+    /// Feeds bytes.
     pub(crate) fn update(&mut self, bytes: &[u8]) {
-        self.0.write(bytes);
+        if let Some(first) = self.first.take() {
+            self.state.write(&first);
+        }
+        self.state.write(bytes);
+        self.fed = true;
     }
 
-    pub(crate) fn finish(&self) -> EntityTag {
-        EntityTag::from_hash(self.0.finish_128())
+    /// The content ETag of everything fed — a body of one frame through
+    /// `memo` — and whether the memo knew it.
+    pub(crate) fn finish(self, memo: &HashMemo) -> (EntityTag, bool) {
+        match self.first {
+            Some(only) if !self.fed => memo.etag_of(only),
+            first => {
+                let mut state = self.state;
+                if let Some(first) = first {
+                    state.write(&first);
+                }
+                (EntityTag::from_hash(state.finish_128()), false)
+            }
+        }
+    }
+}
+
+/// The content ETags of `Bytes` buffers the layer has hashed, by buffer
+/// identity: a service that hands out the same `Bytes` again (media held in
+/// memory, clones from a cache) is recognised without reading it.
+///
+/// An entry is keyed by the buffer's address and length and holds a clone
+/// of the `Bytes`, so the buffer cannot be freed, and its memory cannot be
+/// reused for other content, while the entry lives; `Bytes` are immutable
+/// (a `BytesMut` can only take a buffer back when it is unique, which the
+/// clone prevents). Bounded by the bytes it keeps alive
+/// ([`MediaCacheLayer::hash_memo_bytes`](crate::MediaCacheLayer::hash_memo_bytes));
+/// buffers under [`HashMemo::MIN_LEN`] are hashed every time (that costs
+/// less than the lookup).
+pub(crate) struct HashMemo {
+    entries: Option<MemoMap>,
+}
+
+/// Buffer address and length → a clone of the buffer and its content ETag.
+type MemoMap = quick_cache::sync::Cache<(usize, usize), (Bytes, EntityTag), MemoWeight>;
+
+#[derive(Debug, Clone)]
+struct MemoWeight;
+
+impl quick_cache::Weighter<(usize, usize), (Bytes, EntityTag)> for MemoWeight {
+    fn weight(&self, key: &(usize, usize), _value: &(Bytes, EntityTag)) -> u64 {
+        key.1 as u64
+    }
+}
+
+impl std::fmt::Debug for HashMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashMemo")
+            .field("bytes", &self.entries.as_ref().map_or(0, |e| e.weight()))
+            .finish()
+    }
+}
+
+impl HashMemo {
+    /// Buffers shorter than this are hashed every time.
+    pub(crate) const MIN_LEN: usize = 1024;
+
+    /// No memo: every buffer is hashed.
+    pub(crate) const NONE: HashMemo = HashMemo { entries: None };
+
+    /// A memo keeping at most `bytes` of buffers alive (0: no memo).
+    pub(crate) fn new(bytes: u64) -> Self {
+        let entries = (bytes > 0).then(|| {
+            quick_cache::sync::Cache::with_weighter(
+                (bytes / 16_384).clamp(16, 65_536) as usize,
+                bytes,
+                MemoWeight,
+            )
+        });
+        Self { entries }
+    }
+
+    /// The content ETag of `bytes`, remembered or hashed and remembered;
+    /// and whether it was remembered.
+    pub(crate) fn etag_of(&self, bytes: Bytes) -> (EntityTag, bool) {
+        let Some(entries) = self
+            .entries
+            .as_ref()
+            .filter(|_| bytes.len() >= Self::MIN_LEN)
+        else {
+            return (content_etag(&bytes), false);
+        };
+        let key = (bytes.as_ptr() as usize, bytes.len());
+        if let Some((_, etag)) = entries.get(&key) {
+            return (etag, true);
+        }
+        let etag = content_etag(&bytes);
+        entries.insert(key, (bytes, etag.clone()));
+        (etag, false)
     }
 }
 
@@ -190,7 +303,7 @@ mod tests {
         for chunk in data.chunks(8191) {
             hasher.update(chunk);
         }
-        assert_eq!(hasher.finish().to_string(), reference);
+        assert_eq!(hasher.finish(&HashMemo::NONE).0.to_string(), reference);
     }
 
     #[test]

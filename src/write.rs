@@ -10,7 +10,7 @@ use http::header::ETAG;
 use http::{Response, StatusCode};
 use http_body::Body;
 
-use crate::validators::{self, ContentHasher, Validators};
+use crate::validators::{self, ContentHasher, HashMemo, Validators};
 
 /// What the layer knows of a write's target before the write runs.
 pub(crate) enum Current {
@@ -73,9 +73,9 @@ impl<B: Body> Fetched<B> {
             match ready!(self.body.as_mut().poll_frame(cx)) {
                 None => {
                     let validators = std::mem::take(&mut self.validators);
-                    return Poll::Ready(Current::Exists(
-                        validators.with_etag(self.hasher.finish()),
-                    ));
+                    let hasher = std::mem::replace(&mut self.hasher, ContentHasher::new());
+                    let (etag, _) = hasher.finish(&HashMemo::NONE);
+                    return Poll::Ready(Current::Exists(validators.with_etag(etag)));
                 }
                 Some(Err(_)) => return Poll::Ready(Current::Unknown),
                 Some(Ok(frame)) => {

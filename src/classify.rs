@@ -89,6 +89,9 @@ pub(crate) struct Plan {
     /// With `authoritative`: `Range` and `If-Range` came, unverified yet.
     unverified_if_range: bool,
     fingerprint: Option<Fingerprint>,
+    /// A `HEAD` whose answer may come without a body to hash: the service
+    /// is held, to learn the validators with an internal `GET`.
+    learns_head: bool,
 }
 
 impl Plan {
@@ -103,7 +106,13 @@ impl Plan {
             hide_range: false,
             unverified_if_range: false,
             fingerprint: None,
+            learns_head: false,
         }
+    }
+
+    /// Whether the service is held for an internal `GET` after a `HEAD`.
+    pub(crate) fn learns_head(&self) -> bool {
+        self.learns_head
     }
 
     /// With `authoritative`, the layer alone judges validators: the service
@@ -243,6 +252,7 @@ pub(crate) fn classify<ReqBody>(
     let probe = store_allowed && (judged || ranged) && policy.probe_ref().is_some();
     let mut plan = Plan::new(route, key, store_allowed, entry);
     plan.strip_range = strip_range;
+    plan.learns_head = *method == Method::HEAD && config.learn_head;
     if config.fingerprints.is_some() {
         plan.fingerprint = Fingerprint::parse(request.uri().path(), request.uri().query());
     }

@@ -34,6 +34,9 @@ pub(crate) struct Config {
     /// Learn the current validators before a conditional write when none is
     /// trusted.
     pub(crate) verify_writes: bool,
+    /// A `HEAD` answered without a body to hash learns its validators with
+    /// an internal `GET`.
+    pub(crate) learn_head: bool,
     /// Content hashes remembered by buffer identity.
     pub(crate) hash_memo: Arc<HashMemo>,
 }

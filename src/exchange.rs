@@ -39,6 +39,9 @@ pub(crate) enum Outcome<B: Body> {
 pub(crate) enum Plan<B: Body> {
     /// Answer with the body as it streams.
     Finish,
+    /// A `HEAD` with no body to hash and no `ETag`: learn the validators
+    /// with an internal `GET` first (if the service is held for it).
+    Learn,
     /// Read the body first; `buffered` may already hold its budget.
     Buffer { hash: bool, buffered: Buffered<B> },
 }
@@ -308,6 +311,14 @@ impl Exchange {
         {
             return plan;
         }
+        if self.method == Method::HEAD
+            && head.status == StatusCode::OK
+            && self.config.learn_head
+            && self.validators.etag().is_none()
+            && !self.directives.no_store
+        {
+            return Plan::Learn;
+        }
         // Not hashed: a fingerprint can only be vouched for by a trusted
         // entry learned from a verified answer (a HEAD after a GET).
         let known = self
@@ -459,6 +470,28 @@ impl Exchange {
             budget,
             "body streamed without a content ETag"
         );
+    }
+
+    /// What an internal `GET` taught a `HEAD` that came without a body to
+    /// hash: the `GET`'s `ETag` goes on the `HEAD` answer (RFC 9110 §9.3.2),
+    /// which the store then learns as it would from the `GET`.
+    pub(crate) fn adopt_learned(&mut self, head: &mut response::Parts, current: Current) {
+        let learned = match current {
+            Current::Exists(validators) => validators.etag().cloned(),
+            Current::Absent | Current::Unknown => None,
+        };
+        if let Some(etag) = &learned {
+            head.headers.insert(ETAG, etag.header_value().clone());
+            self.validators = std::mem::take(&mut self.validators).with_etag(etag.clone());
+            self.hashed = true;
+        }
+        // As for any answer not hashed here: a fingerprint is vouched for by
+        // the content's tag, or by a trusted entry learned from one.
+        let known = learned.or_else(|| {
+            self.trusted_entry()
+                .and_then(|e| e.validators.etag().cloned())
+        });
+        self.settle_fingerprint(&mut head.headers, known.as_ref());
     }
 
     /// Whether a completely read body is the representation: always for a

@@ -33,6 +33,11 @@ pub(crate) trait Pending<F: Future>: Send {
     /// Calls the service with the request itself, without `Range` when
     /// `strip_range`. Once only.
     fn send(&mut self, strip_range: bool) -> F;
+
+    /// Calls the service with a copy of the request with an empty body,
+    /// keeping the request for a later [`fetch`](Self::fetch): for a `HEAD`,
+    /// whose body is empty anyway.
+    fn send_copy(&mut self) -> F;
 }
 
 /// [`Pending`] for a service `S`.
@@ -51,6 +56,21 @@ impl<S, ReqBody> Held<S, ReqBody> {
             ready: true,
             request: Some(request),
         }
+    }
+}
+
+impl<S, ReqBody: Default> Held<S, ReqBody> {
+    /// The held request's method, target, version, header fields and
+    /// extensions, with an empty body.
+    fn copy(&self) -> Request<ReqBody> {
+        let original = self.request.as_ref().expect("the request is held");
+        let mut request = Request::new(ReqBody::default());
+        *request.method_mut() = original.method().clone();
+        *request.uri_mut() = original.uri().clone();
+        *request.version_mut() = original.version();
+        *request.headers_mut() = original.headers().clone();
+        *request.extensions_mut() = original.extensions().clone();
+        request
     }
 }
 
@@ -77,14 +97,9 @@ where
     }
 
     fn fetch(&mut self) -> S::Future {
-        let original = self.request.as_ref().expect("fetch comes before send");
-        let mut request = Request::new(ReqBody::default());
+        let mut request = self.copy();
         *request.method_mut() = Method::GET;
-        *request.uri_mut() = original.uri().clone();
-        *request.version_mut() = original.version();
-        *request.extensions_mut() = original.extensions().clone();
         let headers = request.headers_mut();
-        *headers = original.headers().clone();
         for name in crate::preconditions::FIELDS.into_iter().chain([
             RANGE,
             CONTENT_LENGTH,
@@ -95,6 +110,12 @@ where
         ]) {
             headers.remove(name);
         }
+        self.ready = false;
+        self.service.call(request)
+    }
+
+    fn send_copy(&mut self) -> S::Future {
+        let request = self.copy();
         self.ready = false;
         self.service.call(request)
     }

@@ -75,6 +75,7 @@ impl MediaCacheLayer {
                 forwarded_host: false,
                 write_methods: vec![Method::PUT, Method::PATCH, Method::DELETE],
                 verify_writes: true,
+                learn_head: true,
                 hash_memo: Arc::new(HashMemo::new(DEFAULT_HASH_MEMO_BYTES)),
             }),
         }
@@ -162,6 +163,19 @@ impl MediaCacheLayer {
     )]
     pub fn store_capacity(self, variants: usize) -> Self {
         self.store_capacity_bytes((variants as u64).saturating_mul(APPROXIMATE_VARIANT_BYTES))
+    }
+
+    /// Whether a `HEAD` answered with no body to hash and no `ETag` — the
+    /// service sent the `HEAD` answer itself, as tower-http's `ServeDir`
+    /// does — learns the validators the `GET` would carry with an internal
+    /// `GET` of the same URL (default `true`): its body is hashed and
+    /// dropped, never buffered; **one extra call of the service** for such
+    /// a `HEAD` when the store does not already know the answer, after
+    /// which the store answers later `HEAD`s. With `false`, such a `HEAD`
+    /// carries only the service's own validators.
+    pub fn learn_head_validators(mut self, learn: bool) -> Self {
+        self.config().learn_head = learn;
+        self
     }
 
     /// How many bytes of response buffers the hash memo may keep alive

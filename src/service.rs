@@ -94,6 +94,10 @@ where
                     (None, request) => ResponseFuture::inner(self.inner.call(request), exchange),
                 }
             }
+            Decision::Call(plan) if plan.learns_head() => {
+                let exchange = plan.begin(&self.config, &mut request, now);
+                ResponseFuture::calling(self.hold(request), exchange)
+            }
             Decision::Call(plan) => {
                 let exchange = plan.begin(&self.config, &mut request, now);
                 ResponseFuture::inner(self.inner.call(request), exchange)

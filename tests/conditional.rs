@@ -197,9 +197,33 @@ async fn answers_to_other_methods_are_not_hashed() {
     assert_eq!(answer.body, IMAGE);
 }
 
+/// RFC 9110 §9.3.2: a `HEAD` the service answers without a body (and
+/// without an `ETag`) gets the `ETag` the `GET` carries — learned with an
+/// internal `GET`, never made up — or, with `learn_head_validators(false)`,
+/// no `ETag` at all.
 #[tokio::test]
-async fn head_without_a_known_validator_gets_no_made_up_etag() {
-    let service = Origin::new(Content::ok(IMAGE)).wrap(&three_days());
+async fn head_without_a_known_validator_gets_the_get_etag_never_a_made_up_one() {
+    let origin = Origin::new(Content::ok(IMAGE));
+    let layer = three_days();
+    let service = origin.wrap(&layer);
+    let answer = send(&service, req(Request::head("/a"))).await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.is_empty());
+    assert_eq!(
+        answer.header("etag"),
+        Some(content_etag(IMAGE).to_string().as_str())
+    );
+    assert_eq!(
+        answer.header("cache-control"),
+        Some("public, max-age=259200")
+    );
+    assert_eq!(layer.handle().stats().validator_fetches, 1);
+    assert_eq!(origin.calls(), 2, "the HEAD and one internal GET");
+    // Learned: the next HEAD is answered with it without another GET.
+    send(&service, req(Request::head("/a"))).await;
+    assert_eq!(layer.handle().stats().validator_fetches, 1);
+
+    let service = Origin::new(Content::ok(IMAGE)).wrap(&three_days().learn_head_validators(false));
     let answer = send(&service, req(Request::head("/a"))).await;
     assert_eq!(answer.status, 200);
     assert!(answer.body.is_empty());

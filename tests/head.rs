@@ -184,3 +184,49 @@ async fn a_head_after_a_get_on_a_no_cache_route_carries_the_etag() {
     assert_eq!(head.header("cache-control"), Some("no-cache"));
     server.abort();
 }
+
+/// tower-http's `ServeDir` answers `HEAD` itself, with no body to hash; in
+/// front of it (`authoritative`, since its own tags come from file
+/// metadata) the layer learns the `GET`'s content `ETag` with one internal
+/// `GET`, and the `HEAD` carries it; later `HEAD`s are answered with it
+/// without another `GET`, and a conditional `HEAD` gets its 304.
+#[tokio::test]
+async fn a_first_head_to_a_file_server_carries_the_content_etag() {
+    let dir = std::env::temp_dir().join(format!("tower-media-cache-head-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.jpg"), PHOTO).unwrap();
+    let layer = MediaCacheLayer::new(CachePolicy::max_age(Duration::from_secs(60))).authoritative();
+    let handle = layer.handle();
+    let app = Router::new()
+        .nest_service("/files", tower_http::services::ServeDir::new(&dir))
+        .layer(layer);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let tag = content_etag(PHOTO).to_string();
+    let head = send(&address, "HEAD", "/files/a.jpg", &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("etag"), Some(tag.as_str()));
+    assert_eq!(
+        head.header("content-length"),
+        Some(PHOTO.len().to_string().as_str())
+    );
+    assert!(head.body.is_empty());
+    assert_eq!(handle.stats().validator_fetches, 1);
+    let again = send(&address, "HEAD", "/files/a.jpg", &[]).await;
+    assert_eq!(again.header("etag"), Some(tag.as_str()));
+    assert_eq!(
+        handle.stats().validator_fetches,
+        1,
+        "the trusted entry answered"
+    );
+    let conditional = send(&address, "HEAD", "/files/a.jpg", &[("if-none-match", &tag)]).await;
+    assert_eq!(conditional.status, 304);
+    let get = send(&address, "GET", "/files/a.jpg", &[]).await;
+    assert_eq!(get.header("etag"), Some(tag.as_str()));
+    assert_eq!(get.body, PHOTO);
+
+    server.abort();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1031,8 +1031,10 @@ async fn a_304_on_the_wire_never_carries_a_false_content_length() {
         server.stop().await;
 
         // (c) Made from the inner service's 200. The service sends no ETag
-        // and the layer hashes only GET bodies, so under `Trust::Never` it
-        // may not know HEAD's validator: a HEAD may get the service's 200.
+        // and no body to HEAD: under `Trust::Never` the layer learns HEAD's
+        // validator with an internal GET (one more call of the service),
+        // so the conditional HEAD gets its 304 (a 200 would also be
+        // allowed here: what is checked is the Content-Length).
         let file = File::default();
         let layer = MediaCacheLayer::new(CachePolicy::no_cache());
         let server = RawServer::start(stack, layer, file.clone()).await;
@@ -1040,7 +1042,15 @@ async fn a_304_on_the_wire_never_carries_a_false_content_length() {
         let source = format!("{stack:?}, the inner service");
         check_revalidation(&server, "GET", false, &source, &mut wrong).await;
         check_revalidation(&server, "HEAD", true, &source, &mut wrong).await;
-        assert_eq!(file.calls(), 3, "{stack:?}: the inner service answered");
+        // axum's router runs the handler for HEAD with its whole body,
+        // which the layer hashes; hyper's service answers HEAD with no body,
+        // so the layer sends a GET of its own.
+        let internal_get = matches!(stack, Stack::Hyper) as usize;
+        assert_eq!(
+            file.calls(),
+            3 + internal_get,
+            "{stack:?}: the inner service answered (GET, GET, HEAD, and the layer's GET for hyper)"
+        );
         server.stop().await;
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));

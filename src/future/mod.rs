@@ -12,12 +12,14 @@ use pin_project_lite::pin_project;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::body::{Buffered, ResponseBody};
-use crate::exchange::{Exchange, Outcome, Plan, Source};
-use crate::handle::Counter;
+use crate::exchange::Exchange;
 use crate::inner::Pending;
 use crate::policy::ProbeFuture;
 use crate::validators::ContentHasher;
-use crate::write::{self, Current, Fetched};
+use crate::write::Fetched;
+
+mod steps;
+use steps::{after_turn, answered, decided, fetched, judged, read};
 
 /// The inner service and the request, waiting for the future to call.
 pub(crate) type Held<F> = Box<dyn Pending<F>>;
@@ -50,17 +52,28 @@ pin_project! {
         WaitingTurn { turn: WriteTurn, probe: Option<ProbeFuture>, held: Option<Held<F>> },
         // The probe tells the current validators.
         Probing { probe: ProbeFuture, held: Option<Held<F>> },
-        // The internal GET that learns a write's current validators.
-        Fetching { #[pin] future: F, held: Option<Held<F>> },
+        // The internal GET that learns the current validators: of a write's
+        // target, or of a HEAD answered without a body to hash (`head`).
+        Fetching { #[pin] future: F, held: Option<Held<F>>, head: Option<Box<Answered<B>>> },
+        // The service, called once already for a HEAD, gets ready for the
+        // internal GET.
+        Refetching { held: Option<Held<F>>, head: Option<Box<Answered<B>>> },
         // Its body, hashed and dropped.
-        Draining { fetched: Box<Fetched<B>>, held: Option<Held<F>> },
-        // The request goes to the inner service once it is ready.
-        Calling { held: Option<Held<F>>, strip_range: bool },
+        Draining { fetched: Box<Fetched<B>>, held: Option<Held<F>>, head: Option<Box<Answered<B>>> },
+        // The request goes to the inner service once it is ready; `keep`
+        // holds the service on (a HEAD may need a GET after it).
+        Calling { held: Option<Held<F>>, strip_range: bool, keep: bool },
         // The inner service is answering.
-        Inner { #[pin] future: F },
+        Inner { #[pin] future: F, held: Option<Held<F>> },
         // Its body is read (and hashed) before the head is sent.
         Buffering { reading: Option<Box<Reading<B>>> },
     }
+}
+
+/// The service's answer to a `HEAD`, waiting for an internal `GET`.
+pub(crate) struct Answered<B> {
+    head: response::Parts,
+    body: B,
 }
 
 /// A response whose body the layer is reading before it answers.
@@ -115,7 +128,20 @@ impl<F, B: Body> ResponseFuture<F, B> {
 
     /// The service was called.
     pub(crate) fn inner(future: F, exchange: Exchange) -> Self {
-        Self::with(State::Inner { future }, Some(exchange))
+        Self::with(State::Inner { future, held: None }, Some(exchange))
+    }
+
+    /// The service is called, and held on for an internal `GET` after.
+    pub(crate) fn calling(held: Held<F>, exchange: Exchange) -> Self {
+        let (held, strip_range, keep) = (Some(held), false, true);
+        Self::with(
+            State::Calling {
+                held,
+                strip_range,
+                keep,
+            },
+            Some(exchange),
+        )
     }
 
     /// The probe is asked first.
@@ -172,28 +198,55 @@ where
                     let outcome = exchange(this.exchange).after_probe(validators);
                     decided(outcome, held.take())
                 }
-                StateProj::Fetching { future, held } => {
+                StateProj::Fetching { future, held, head } => {
                     let answer = ready!(future.poll(cx));
-                    fetched(exchange(this.exchange), answer, held.take())
+                    fetched(exchange(this.exchange), answer, held.take(), head.take())
                 }
-                StateProj::Draining { fetched, held } => {
+                StateProj::Refetching { held, head } => {
+                    let pending = held.as_mut().expect("service held for the GET");
+                    if let Err(output) = ready!(pending.poll_ready(cx)) {
+                        return Poll::Ready(output.map(|r| r.map(ResponseBody::stream)));
+                    }
+                    let future = pending.fetch();
+                    State::Fetching {
+                        future,
+                        held: None,
+                        head: head.take(),
+                    }
+                }
+                StateProj::Draining {
+                    fetched,
+                    held,
+                    head,
+                } => {
                     let current = ready!(fetched.poll_drain(cx));
-                    decided(exchange(this.exchange).judge_write(current), held.take())
+                    judged(exchange(this.exchange), current, held.take(), head.take())
                 }
-                StateProj::Calling { held, strip_range } => {
+                StateProj::Calling {
+                    held,
+                    strip_range,
+                    keep,
+                } => {
                     let pending = held.as_mut().expect("request held until called");
                     if let Err(output) = ready!(pending.poll_ready(cx)) {
                         // The service failed to become ready: its error is
                         // the answer.
                         return Poll::Ready(output.map(|r| r.map(ResponseBody::stream)));
                     }
-                    State::Inner {
-                        future: pending.send(*strip_range),
+                    if *keep {
+                        let future = pending.send_copy();
+                        State::Inner {
+                            future,
+                            held: held.take(),
+                        }
+                    } else {
+                        let future = pending.send(*strip_range);
+                        State::Inner { future, held: None }
                     }
                 }
-                StateProj::Inner { future } => {
+                StateProj::Inner { future, held } => {
                     let (head, body) = ready!(future.poll(cx))?.into_parts();
-                    answered(exchange(this.exchange), head, body)
+                    answered(exchange(this.exchange), head, body, held.take())
                 }
                 StateProj::Buffering { reading } => {
                     let exchange = exchange(this.exchange);
@@ -204,95 +257,5 @@ where
             };
             this.state.set(next);
         }
-    }
-}
-
-/// A write's turn came: judged against a trusted entry, else the probe,
-/// else an internal `GET` of its target.
-fn after_turn<F: Future, B: Body>(
-    exchange: &mut Exchange,
-    probe: Option<ProbeFuture>,
-    held: Option<Held<F>>,
-) -> State<F, B> {
-    if let Some(current) = exchange.trusted_entry().map(|e| e.validators.clone()) {
-        return decided(exchange.judge_write(Current::Exists(current)), held);
-    }
-    if let Some(probe) = probe {
-        return State::Probing { probe, held };
-    }
-    let mut held = held.expect("request held until called");
-    exchange.count(Counter::ValidatorFetches);
-    State::Fetching {
-        future: held.fetch(),
-        held: Some(held),
-    }
-}
-
-/// The internal `GET` answered (or failed: then the service judges the
-/// write): judge now, or hash its body first.
-fn fetched<F, B: Body, E>(
-    exchange: &mut Exchange,
-    answer: Result<Response<B>, E>,
-    held: Option<Held<F>>,
-) -> State<F, B> {
-    let current = match answer {
-        Err(_) => Current::Unknown,
-        Ok(response) => match write::fetched(response, exchange.config.authoritative) {
-            Ok(current) => current,
-            Err(fetched) => return State::Draining { fetched, held },
-        },
-    };
-    decided(exchange.judge_write(current), held)
-}
-
-/// The layer answers, or the request goes on to the service.
-fn decided<F, B: Body>(outcome: Outcome<B>, held: Option<Held<F>>) -> State<F, B> {
-    match outcome {
-        Outcome::Answer(response) => State::Ready {
-            response: Some(response),
-        },
-        Outcome::Call { strip_range } => State::Calling { held, strip_range },
-    }
-}
-
-/// The service's head is in: answer now, or read the body first.
-fn answered<F, B: Body>(
-    exchange: &mut Exchange,
-    mut head: response::Parts,
-    body: B,
-) -> State<F, B> {
-    match exchange.plan(&mut head, &body) {
-        Plan::Finish => State::Ready {
-            response: Some(exchange.finish(head, Source::Stream(body))),
-        },
-        Plan::Buffer { hash, buffered } => State::Buffering {
-            reading: Some(Box::new(Reading {
-                head,
-                body: Some(Box::pin(body)),
-                buffered,
-                hasher: hash.then(ContentHasher::new),
-            })),
-        },
-    }
-}
-
-/// The body is read (to its end, or as far as the limits allow): its
-/// content ETag, if complete, then the answer.
-fn read<F, B: Body>(exchange: &mut Exchange, reading: Reading<B>) -> State<F, B> {
-    let Reading {
-        mut head,
-        buffered,
-        hasher,
-        ..
-    } = reading;
-    let hash = match hasher {
-        Some(hasher) if buffered.is_complete() && exchange.represents(&head, &buffered) => {
-            Some(exchange.content_etag(&mut head, hasher))
-        }
-        _ => None,
-    };
-    exchange.settle_fingerprint(&mut head.headers, hash.as_ref());
-    State::Ready {
-        response: Some(exchange.finish(head, Source::Buffered(buffered))),
     }
 }

@@ -1,0 +1,154 @@
+//! The steps between the response future's states: each takes what a
+//! state produced and returns the next state, asking the [`Exchange`].
+
+use std::future::Future;
+
+use http::{Response, response};
+use http_body::Body;
+
+use super::{Answered, Held, Reading, State};
+use crate::exchange::{Exchange, Outcome, Plan, Source};
+use crate::handle::Counter;
+use crate::policy::ProbeFuture;
+use crate::validators::ContentHasher;
+use crate::write::{self, Current};
+
+/// A write's turn came: judged against a trusted entry, else the probe,
+/// else an internal `GET` of its target.
+pub(super) fn after_turn<F: Future, B: Body>(
+    exchange: &mut Exchange,
+    probe: Option<ProbeFuture>,
+    held: Option<Held<F>>,
+) -> State<F, B> {
+    if let Some(current) = exchange.trusted_entry().map(|e| e.validators.clone()) {
+        return decided(exchange.judge_write(Current::Exists(current)), held);
+    }
+    if let Some(probe) = probe {
+        return State::Probing { probe, held };
+    }
+    let mut held = held.expect("request held until called");
+    exchange.count(Counter::ValidatorFetches);
+    State::Fetching {
+        future: held.fetch(),
+        held: Some(held),
+        head: None,
+    }
+}
+
+/// The internal `GET` answered (or failed: then the validators stay
+/// unknown): go on now, or hash its body first.
+pub(super) fn fetched<F, B: Body, E>(
+    exchange: &mut Exchange,
+    answer: Result<Response<B>, E>,
+    held: Option<Held<F>>,
+    head: Option<Box<Answered<B>>>,
+) -> State<F, B> {
+    let current = match answer {
+        Err(_) => Current::Unknown,
+        Ok(response) => match write::fetched(response, exchange.config.authoritative) {
+            Ok(current) => current,
+            Err(fetched) => {
+                return State::Draining {
+                    fetched,
+                    held,
+                    head,
+                };
+            }
+        },
+    };
+    judged(exchange, current, held, head)
+}
+
+/// What the internal `GET` taught: a `HEAD`'s answer gets its validators
+/// and is finished; a write is judged.
+pub(super) fn judged<F, B: Body>(
+    exchange: &mut Exchange,
+    current: Current,
+    held: Option<Held<F>>,
+    head: Option<Box<Answered<B>>>,
+) -> State<F, B> {
+    match head {
+        Some(answered) => {
+            let Answered { mut head, body } = *answered;
+            exchange.adopt_learned(&mut head, current);
+            State::Ready {
+                response: Some(exchange.finish(head, Source::Stream(body))),
+            }
+        }
+        None => decided(exchange.judge_write(current), held),
+    }
+}
+
+/// The layer answers, or the request goes on to the service.
+pub(super) fn decided<F, B: Body>(outcome: Outcome<B>, held: Option<Held<F>>) -> State<F, B> {
+    match outcome {
+        Outcome::Answer(response) => State::Ready {
+            response: Some(response),
+        },
+        Outcome::Call { strip_range } => State::Calling {
+            held,
+            strip_range,
+            keep: false,
+        },
+    }
+}
+
+/// The service's head is in: answer now, read the body first, or (a
+/// `HEAD` with nothing to hash) learn the validators with a `GET` first.
+pub(super) fn answered<F, B: Body>(
+    exchange: &mut Exchange,
+    mut head: response::Parts,
+    body: B,
+    held: Option<Held<F>>,
+) -> State<F, B> {
+    match exchange.plan(&mut head, &body) {
+        Plan::Finish => State::Ready {
+            response: Some(exchange.finish(head, Source::Stream(body))),
+        },
+        Plan::Learn => match held {
+            Some(held) => {
+                exchange.count(Counter::ValidatorFetches);
+                let head = Some(Box::new(Answered { head, body }));
+                State::Refetching {
+                    held: Some(held),
+                    head,
+                }
+            }
+            None => judged(
+                exchange,
+                Current::Unknown,
+                held,
+                Some(Box::new(Answered { head, body })),
+            ),
+        },
+        Plan::Buffer { hash, buffered } => State::Buffering {
+            reading: Some(Box::new(Reading {
+                head,
+                body: Some(Box::pin(body)),
+                buffered,
+                hasher: hash.then(ContentHasher::new),
+            })),
+        },
+    }
+}
+
+/// The body is read (to its end, or as far as the limits allow): its
+/// content ETag, if complete, then the answer.
+pub(super) fn read<F, B: Body>(exchange: &mut Exchange, reading: Reading<B>) -> State<F, B> {
+    let Reading {
+        mut head,
+        buffered,
+        hasher,
+        ..
+    } = reading;
+    let hash = match hasher {
+        Some(hasher) if buffered.is_complete() && exchange.represents(&head, &buffered) => {
+            Some(exchange.content_etag(&mut head, hasher))
+        }
+        _ => None,
+    };
+    exchange.settle_fingerprint(&mut head.headers, hash.as_ref());
+    State::Ready {
+        response: Some(exchange.finish(head, Source::Buffered(buffered))),
+    }
+}

@@ -55,19 +55,25 @@ pin_project! {
         // The internal GET that learns the current validators: of a write's
         // target, or of a HEAD answered without a body to hash (`head`).
         Fetching { #[pin] future: F, held: Option<Held<F>>, head: Option<Box<Answered<B>>> },
-        // The service, called once already for a HEAD, gets ready for the
-        // internal GET.
-        Refetching { held: Option<Held<F>>, head: Option<Box<Answered<B>>> },
         // Its body, hashed and dropped.
         Draining { fetched: Box<Fetched<B>>, held: Option<Held<F>>, head: Option<Box<Answered<B>>> },
-        // The request goes to the inner service once it is ready; `keep`
-        // holds the service on (a HEAD may need a GET after it).
-        Calling { held: Option<Held<F>>, strip_range: bool, keep: bool },
+        // The held service is polled ready, then called as `call` says.
+        Calling { held: Option<Held<F>>, call: Option<Call<B>> },
         // The inner service is answering.
         Inner { #[pin] future: F, held: Option<Held<F>> },
         // Its body is read (and hashed) before the head is sent.
         Buffering { reading: Option<Box<Reading<B>>> },
     }
+}
+
+/// What a held service is called with once it is ready.
+pub(crate) enum Call<B> {
+    /// The request, without `Range` when `strip_range`.
+    Request { strip_range: bool },
+    /// The request (a `HEAD`), keeping the service for a `GET` after it.
+    Keeping,
+    /// An internal `GET`, to learn the validators of this `HEAD` answer.
+    Fetch(Box<Answered<B>>),
 }
 
 /// The service's answer to a `HEAD`, waiting for an internal `GET`.
@@ -133,15 +139,8 @@ impl<F, B: Body> ResponseFuture<F, B> {
 
     /// The service is called, and held on for an internal `GET` after.
     pub(crate) fn calling(held: Held<F>, exchange: Exchange) -> Self {
-        let (held, strip_range, keep) = (Some(held), false, true);
-        Self::with(
-            State::Calling {
-                held,
-                strip_range,
-                keep,
-            },
-            Some(exchange),
-        )
+        let (held, call) = (Some(held), Some(Call::Keeping));
+        Self::with(State::Calling { held, call }, Some(exchange))
     }
 
     /// The probe is asked first.
@@ -202,18 +201,6 @@ where
                     let answer = ready!(future.poll(cx));
                     fetched(exchange(this.exchange), answer, held.take(), head.take())
                 }
-                StateProj::Refetching { held, head } => {
-                    let pending = held.as_mut().expect("service held for the GET");
-                    if let Err(output) = ready!(pending.poll_ready(cx)) {
-                        return Poll::Ready(output.map(|r| r.map(ResponseBody::stream)));
-                    }
-                    let future = pending.fetch();
-                    State::Fetching {
-                        future,
-                        held: None,
-                        head: head.take(),
-                    }
-                }
                 StateProj::Draining {
                     fetched,
                     held,
@@ -222,27 +209,15 @@ where
                     let current = ready!(fetched.poll_drain(cx));
                     judged(exchange(this.exchange), current, held.take(), head.take())
                 }
-                StateProj::Calling {
-                    held,
-                    strip_range,
-                    keep,
-                } => {
-                    let pending = held.as_mut().expect("request held until called");
+                StateProj::Calling { held, call } => {
+                    let pending = held.as_mut().expect("service held until called");
                     if let Err(output) = ready!(pending.poll_ready(cx)) {
                         // The service failed to become ready: its error is
                         // the answer.
                         return Poll::Ready(output.map(|r| r.map(ResponseBody::stream)));
                     }
-                    if *keep {
-                        let future = pending.send_copy();
-                        State::Inner {
-                            future,
-                            held: held.take(),
-                        }
-                    } else {
-                        let future = pending.send(*strip_range);
-                        State::Inner { future, held: None }
-                    }
+                    let call = call.take().expect("called once");
+                    steps::call(held, call)
                 }
                 StateProj::Inner { future, held } => {
                     let (head, body) = ready!(future.poll(cx))?.into_parts();

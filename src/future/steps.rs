@@ -6,7 +6,7 @@ use std::future::Future;
 use http::{Response, response};
 use http_body::Body;
 
-use super::{Answered, Held, Reading, State};
+use super::{Answered, Call, Held, Reading, State};
 use crate::exchange::{Exchange, Outcome, Plan, Source};
 use crate::handle::Counter;
 use crate::policy::ProbeFuture;
@@ -87,8 +87,7 @@ pub(super) fn decided<F, B: Body>(outcome: Outcome<B>, held: Option<Held<F>>) ->
         },
         Outcome::Call { strip_range } => State::Calling {
             held,
-            strip_range,
-            keep: false,
+            call: Some(Call::Request { strip_range }),
         },
     }
 }
@@ -108,10 +107,10 @@ pub(super) fn answered<F, B: Body>(
         Plan::Learn => match held {
             Some(held) => {
                 exchange.count(Counter::ValidatorFetches);
-                let head = Some(Box::new(Answered { head, body }));
-                State::Refetching {
+                let call = Some(Call::Fetch(Box::new(Answered { head, body })));
+                State::Calling {
                     held: Some(held),
-                    head,
+                    call,
                 }
             }
             None => judged(
@@ -150,5 +149,25 @@ pub(super) fn read<F, B: Body>(exchange: &mut Exchange, reading: Reading<B>) -> 
     exchange.settle_fingerprint(&mut head.headers, hash.as_ref());
     State::Ready {
         response: Some(exchange.finish(head, Source::Buffered(buffered))),
+    }
+}
+
+/// The held service is ready: call it as `call` says.
+pub(super) fn call<F: Future, B: Body>(held: &mut Option<Held<F>>, call: Call<B>) -> State<F, B> {
+    let pending = held.as_mut().expect("service held until called");
+    match call {
+        Call::Request { strip_range } => State::Inner {
+            future: pending.send(strip_range),
+            held: None,
+        },
+        Call::Keeping => State::Inner {
+            future: pending.send_copy(),
+            held: held.take(),
+        },
+        Call::Fetch(answered) => State::Fetching {
+            future: pending.fetch(),
+            held: None,
+            head: Some(answered),
+        },
     }
 }

@@ -32,34 +32,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Barrier, oneshot};
 use tokio::task::JoinHandle;
-use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_media_cache::{
-    CachePolicy, MediaCache, MediaCacheLayer, ResponseBody, Trust, Validators, content_etag,
+    CachePolicy, MediaCache, MediaCacheLayer, Trust, Validators, content_etag,
 };
 
 const HOST: &str = "media.example";
 
 fn tag(bytes: &[u8]) -> String {
     content_etag(bytes).to_string()
-}
-
-/// Sends any request through the layered service and collects the answer
-/// (`common::send` only takes `Request<()>`).
-async fn exchange<S, Q, B>(service: &S, request: Request<Q>) -> Answer
-where
-    S: Service<Request<Q>, Response = Response<ResponseBody<B>>> + Clone,
-    S::Error: std::fmt::Debug,
-    B: http_body::Body,
-    B::Error: Into<BoxError>,
-{
-    let response = service.clone().oneshot(request).await.unwrap();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.map_err(Into::into).unwrap().to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -486,16 +467,16 @@ async fn a_second_write_with_a_used_if_match_gets_412_and_is_not_applied() {
         let app = Documents::with(&[("/doc", b"original")]);
         let service = documents_behind(MediaCacheLayer::new(policy), &app);
         let e1 = tag(b"original");
-        let first = exchange(&service, fetch("/doc")).await;
+        let first = send(&service, fetch("/doc")).await;
         assert_eq!(first.header("etag"), Some(e1.as_str()), "[{policy_name}]");
 
-        let update = exchange(&service, put("/doc", b"first", &[("if-match", &e1)])).await;
+        let update = send(&service, put("/doc", b"first", &[("if-match", &e1)])).await;
         assert_eq!(
             update.status, 204,
             "[{policy_name}] the first write is current"
         );
 
-        let lost = exchange(&service, put("/doc", b"second", &[("if-match", &e1)])).await;
+        let lost = send(&service, put("/doc", b"second", &[("if-match", &e1)])).await;
         assert_eq!(
             (lost.status.as_u16(), app.puts()),
             (412, 1),
@@ -508,7 +489,7 @@ async fn a_second_write_with_a_used_if_match_gets_412_and_is_not_applied() {
             "[{policy_name}] a 412 carries the current validator"
         );
         assert_eq!(app.doc("/doc").unwrap(), "first", "[{policy_name}]");
-        let now = exchange(&service, fetch("/doc")).await;
+        let now = send(&service, fetch("/doc")).await;
         assert_eq!(now.body, "first", "[{policy_name}]");
     }
 }
@@ -521,7 +502,7 @@ async fn if_match_on_a_write_is_checked_when_the_store_knows_nothing() {
     for (policy_name, policy) in write_policies() {
         let app = Documents::with(&[("/doc", b"original")]);
         let service = documents_behind(MediaCacheLayer::new(policy), &app);
-        let answer = exchange(
+        let answer = send(
             &service,
             put("/doc", b"blind", &[("if-match", "\"stale\"")]),
         )
@@ -548,7 +529,7 @@ async fn if_none_match_star_on_a_write_to_an_existing_resource_gets_412() {
     for (policy_name, policy) in write_policies() {
         let app = Documents::with(&[("/doc", b"original")]);
         let service = documents_behind(MediaCacheLayer::new(policy), &app);
-        let answer = exchange(&service, put("/doc", b"clobber", &[("if-none-match", "*")])).await;
+        let answer = send(&service, put("/doc", b"clobber", &[("if-none-match", "*")])).await;
         assert_eq!(
             (answer.status.as_u16(), app.puts()),
             (412, 0),
@@ -566,7 +547,7 @@ async fn if_match_star_on_a_write_to_a_missing_resource_gets_412() {
     for (policy_name, policy) in write_policies() {
         let app = Documents::default();
         let service = documents_behind(MediaCacheLayer::new(policy), &app);
-        let answer = exchange(&service, put("/new", b"created", &[("if-match", "*")])).await;
+        let answer = send(&service, put("/new", b"created", &[("if-match", "*")])).await;
         assert_eq!(
             (answer.status.as_u16(), app.puts()),
             (412, 0),
@@ -578,7 +559,7 @@ async fn if_match_star_on_a_write_to_a_missing_resource_gets_412() {
             "[{policy_name}] nothing is current"
         );
         assert_eq!(app.doc("/new"), None, "[{policy_name}]");
-        let missing = exchange(&service, fetch("/new")).await;
+        let missing = send(&service, fetch("/new")).await;
         assert_eq!(missing.status, 404, "[{policy_name}]");
     }
 }
@@ -598,7 +579,7 @@ async fn concurrent_writes_with_the_same_if_match_let_exactly_one_through() {
         let app = Documents::with(&[("/doc", b"original")]).slow_puts(Duration::from_millis(20));
         let service = documents_behind(MediaCacheLayer::new(policy), &app);
         let e1 = tag(b"original");
-        let first = exchange(&service, fetch("/doc")).await;
+        let first = send(&service, fetch("/doc")).await;
         assert_eq!(first.header("etag"), Some(e1.as_str()));
 
         let barrier = Arc::new(Barrier::new(WRITERS));
@@ -608,7 +589,7 @@ async fn concurrent_writes_with_the_same_if_match_let_exactly_one_through() {
                 let (service, barrier, e1) = (service.clone(), barrier.clone(), e1.clone());
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    let answer = exchange(&service, put("/doc", body, &[("if-match", &e1)])).await;
+                    let answer = send(&service, put("/doc", body, &[("if-match", &e1)])).await;
                     answer.status.as_u16()
                 })
             })
@@ -629,7 +610,7 @@ async fn concurrent_writes_with_the_same_if_match_let_exactly_one_through() {
         );
         let winner = BODIES[winners[0]];
         assert_eq!(app.doc("/doc").unwrap(), winner, "[{policy_name}]");
-        let now = exchange(&service, fetch("/doc")).await;
+        let now = send(&service, fetch("/doc")).await;
         assert_eq!(now.body, winner, "[{policy_name}]");
     }
 }
@@ -645,15 +626,15 @@ async fn revalidation_after_write_through(learn: &str, write: &str) -> Answer {
     let layer = MediaCacheLayer::new(CachePolicy::no_cache().trust(Trust::UntilInvalidated));
     let service = documents_behind(layer, &app);
     let old = tag(b"old jpeg bytes");
-    let first = exchange(&service, fetch(learn)).await;
+    let first = send(&service, fetch(learn)).await;
     assert_eq!(first.header("etag"), Some(old.as_str()));
-    let stored = exchange(&service, revalidate(learn, &old)).await;
+    let stored = send(&service, revalidate(learn, &old)).await;
     assert_eq!(stored.status, 304, "learned, trusted");
 
-    let write = exchange(&service, put(write, b"new jpeg bytes", &[])).await;
+    let write = send(&service, put(write, b"new jpeg bytes", &[])).await;
     assert_eq!(write.status, 204);
     assert_eq!(app.doc("/media/x.jpg").unwrap(), "new jpeg bytes");
-    exchange(&service, revalidate(learn, &old)).await
+    send(&service, revalidate(learn, &old)).await
 }
 
 fn assert_new_bytes(answer: &Answer, context: &str) {
@@ -1236,14 +1217,14 @@ async fn a_conditional_post_to_a_route_without_post_gets_the_services_405() {
     for (policy_name, policy) in write_policies() {
         let app = Documents::with(&[("/media/x", b"x bytes")]);
         let service = documents_behind(MediaCacheLayer::new(policy), &app);
-        let first = exchange(&service, fetch("/media/x")).await;
+        let first = send(&service, fetch("/media/x")).await;
         assert_eq!(first.status, 200);
 
         let post = request(Method::POST, "/media/x")
             .header("if-match", "\"stale\"")
             .body(Bytes::from_static(b"posted"))
             .unwrap();
-        let answer = exchange(&service, post).await;
+        let answer = send(&service, post).await;
         assert_eq!(
             (answer.status.as_u16(), app.posts_seen()),
             (405, 1),
@@ -1251,7 +1232,7 @@ async fn a_conditional_post_to_a_route_without_post_gets_the_services_405() {
         );
         assert_eq!(answer.header("allow"), Some("GET, HEAD, PUT, DELETE"));
 
-        let answer = exchange(
+        let answer = send(
             &service,
             put("/media/x", b"put", &[("if-match", "\"stale\"")]),
         )
@@ -1273,17 +1254,17 @@ async fn a_conditional_post_is_guarded_once_the_route_accepted_a_post() {
     for (policy_name, policy) in write_policies() {
         let app = Documents::with(&[("/inbox", b"empty inbox")]).accepting_post(&["/inbox"]);
         let service = documents_behind(MediaCacheLayer::new(policy), &app);
-        assert_eq!(exchange(&service, fetch("/inbox")).await.status, 200);
+        assert_eq!(send(&service, fetch("/inbox")).await.status, 200);
         let accepted = request(Method::POST, "/inbox")
             .body(Bytes::from_static(b"first message"))
             .unwrap();
-        assert_eq!(exchange(&service, accepted).await.status, 204);
+        assert_eq!(send(&service, accepted).await.status, 204);
 
         let stale = request(Method::POST, "/inbox")
             .header("if-match", tag(b"empty inbox"))
             .body(Bytes::from_static(b"second message"))
             .unwrap();
-        let answer = exchange(&service, stale).await;
+        let answer = send(&service, stale).await;
         assert_eq!(
             (answer.status.as_u16(), app.posts()),
             (412, 1),

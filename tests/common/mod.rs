@@ -123,9 +123,9 @@ impl Answer {
     }
 }
 
-pub async fn send<S, B>(service: &S, request: Request<()>) -> Answer
+pub async fn send<S, Q, B>(service: &S, request: Request<Q>) -> Answer
 where
-    S: Service<Request<()>, Response = Response<ResponseBody<B>>> + Clone,
+    S: Service<Request<Q>, Response = Response<ResponseBody<B>>> + Clone,
     S::Error: std::fmt::Debug,
     B: http_body::Body,
     B::Error: Into<BoxError>,

@@ -723,32 +723,24 @@ mod tests {
 
     #[test]
     fn invalidate_removes_every_spelling_query_host_and_variant() {
-        let store = Store::new(1 << 20);
-        for (uri, host) in [
+        const LEARNED: [(&str, &str); 4] = [
             ("/a", "h1"),
             ("/a?v=1", "h2"),
             ("/%61/", "h1"),
             ("/A", "h3"),
-        ] {
-            learn(&store, uri, &headers(&[("host", host)]), &[], uri);
-        }
+        ];
+        let store = Store::new(1 << 20);
+        let learn_all = |store: &Store| {
+            for (uri, host) in LEARNED {
+                learn(store, uri, &headers(&[("host", host)]), &[], uri);
+            }
+        };
+        learn_all(&store);
         assert_eq!(store.len(), 4);
         for spelling in ["/a?x=2", "/%41", "//a/", "/b/../a"] {
-            for (uri, host) in [
-                ("/a", "h1"),
-                ("/a?v=1", "h2"),
-                ("/%61/", "h1"),
-                ("/A", "h3"),
-            ] {
-                learn(&store, uri, &headers(&[("host", host)]), &[], uri);
-            }
+            learn_all(&store);
             assert!(store.invalidate(spelling), "{spelling}");
-            for (uri, host) in [
-                ("/a", "h1"),
-                ("/a?v=1", "h2"),
-                ("/%61/", "h1"),
-                ("/A", "h3"),
-            ] {
+            for (uri, host) in LEARNED {
                 assert_eq!(lookup(&store, uri, &headers(&[("host", host)])), None);
             }
             assert_eq!(store.len(), 0);

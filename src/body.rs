@@ -16,13 +16,16 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::stream::{BoxError, Streamed};
 use crate::validators::ContentHasher;
 
 pin_project! {
     /// The body of a response that went through [`MediaCache`](crate::MediaCache).
     ///
-    /// Yields `Bytes` frames whatever the inner body's data type; errors are
-    /// the inner body's, passed through.
+    /// Yields `Bytes` frames whatever the inner body's data type. Its errors
+    /// are the inner body's, boxed, or [`ContentChanged`](crate::ContentChanged)
+    /// when a body streamed under an `ETag` the layer learned earlier turns
+    /// out to be other bytes.
     pub struct ResponseBody<B: Body> {
         #[pin]
         kind: Kind<B>,
@@ -36,6 +39,8 @@ pin_project! {
         // Boxed so that the body of every other response stays as small as
         // the inner body.
         Chunks { replay: Box<Replay<B>> },
+        // Too large to read first: hashed, verified or cut as it passes.
+        Streamed { streamed: Box<Streamed<B>> },
         Empty,
     }
 }
@@ -54,6 +59,14 @@ impl<B: Body> ResponseBody<B> {
     pub(crate) fn stream(body: B) -> Self {
         Self {
             kind: Kind::Stream { body },
+        }
+    }
+
+    pub(crate) fn streamed(streamed: Streamed<B>) -> Self {
+        Self {
+            kind: Kind::Streamed {
+                streamed: Box::new(streamed),
+            },
         }
     }
 
@@ -85,6 +98,7 @@ impl<B: Body> std::fmt::Debug for ResponseBody<B> {
         let kind = match &self.kind {
             Kind::Stream { .. } => "Stream",
             Kind::Chunks { .. } => "Chunks",
+            Kind::Streamed { .. } => "Streamed",
             Kind::Empty => "Empty",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
@@ -95,18 +109,22 @@ fn to_bytes<D: Buf>(frame: Frame<D>) -> Frame<Bytes> {
     frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))
 }
 
-impl<B: Body> Body for ResponseBody<B> {
+impl<B: Body> Body for ResponseBody<B>
+where
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            KindProj::Stream { body } => {
-                Poll::Ready(ready!(body.poll_frame(cx)).map(|r| r.map(to_bytes)))
-            }
+            KindProj::Stream { body } => Poll::Ready(
+                ready!(body.poll_frame(cx)).map(|r| r.map(to_bytes).map_err(Into::into)),
+            ),
+            KindProj::Streamed { streamed } => streamed.poll_frame(cx),
             KindProj::Chunks { replay } => {
                 let Replay {
                     chunks,
@@ -127,12 +145,14 @@ impl<B: Body> Body for ResponseBody<B> {
                 }
                 if let Some(body) = rest {
                     match ready!(body.as_mut().poll_frame(cx)) {
-                        Some(frame) => return Poll::Ready(Some(frame.map(to_bytes))),
+                        Some(frame) => {
+                            return Poll::Ready(Some(frame.map(to_bytes).map_err(Into::into)));
+                        }
                         None => *rest = None,
                     }
                 }
                 if let Some(error) = error.take() {
-                    return Poll::Ready(Some(Err(error)));
+                    return Poll::Ready(Some(Err(error.into())));
                 }
                 Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
             }
@@ -156,6 +176,7 @@ impl<B: Body> Body for ResponseBody<B> {
                     && error.is_none()
                     && trailers.is_none()
             }
+            Kind::Streamed { streamed } => streamed.is_end_stream(),
             Kind::Empty => true,
         }
     }
@@ -183,6 +204,7 @@ impl<B: Body> Body for ResponseBody<B> {
                     hint
                 }
             },
+            Kind::Streamed { streamed } => streamed.size_hint(),
             // No exact length: the layer's empty bodies belong to 304, 412
             // and 416 answers, whose `Content-Length` (if any) describes the
             // representation, not this body. An exact 0 here makes servers and

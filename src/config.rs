@@ -37,6 +37,9 @@ pub(crate) struct Config {
     /// A `HEAD` answered without a body to hash learns its validators with
     /// an internal `GET`.
     pub(crate) learn_head: bool,
+    /// Bodies too large to read first are hashed as they stream, and their
+    /// learned tag put on later answers (verified as they stream).
+    pub(crate) hash_large: bool,
     /// Content hashes remembered by buffer identity.
     pub(crate) hash_memo: Arc<HashMemo>,
 }

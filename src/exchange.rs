@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header::{ACCEPT_RANGES, ETAG, EXPIRES, LAST_MODIFIED, RANGE, SET_COOKIE};
+use http::header::{
+    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, EXPIRES, LAST_MODIFIED, RANGE, SET_COOKIE,
+};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, response};
 use http_body::Body;
 use tokio::sync::OwnedMutexGuard;
@@ -23,7 +25,8 @@ use crate::preconditions::{self, Precondition, Present, Target};
 use crate::range::{self, RangeDecision};
 use crate::response as build;
 use crate::rules::RouteMatch;
-use crate::store::{self, Entry, Found};
+use crate::store::{self, Basis, Entry, Found};
+use crate::stream::{self, Learning, Streamed};
 use crate::validators::{self, ContentHasher, Validators};
 use crate::write::Current;
 
@@ -44,6 +47,21 @@ pub(crate) enum Plan<B: Body> {
     Learn,
     /// Read the body first; `buffered` may already hold its budget.
     Buffer { hash: bool, buffered: Buffered<B> },
+    /// A `GET`'s body too large to read first: it streams, hashed, verified
+    /// or cut as it passes ([`Exchange::stream`]).
+    Stream,
+}
+
+/// An `ETag` learned from an earlier answer, put on a streamed one while
+/// the service's own validators say the same.
+struct Claim {
+    etag: EntityTag,
+    /// The representation's length when it was learned.
+    len: u64,
+    /// The service's `Last-Modified` is the one it had then: the claim is
+    /// as good as a validator of the service's own, and may answer a 304
+    /// or a range without reading the whole body to verify it.
+    vouched: bool,
 }
 
 /// The body as the layer holds it when it decides the answer.
@@ -100,6 +118,9 @@ pub(crate) struct Exchange {
     /// The layer hashed the answer's body (a `HEAD` that carried the whole
     /// body, too): its validators are the `GET`'s.
     hashed: bool,
+    /// The layer's content tag is the answer's: what the service said of
+    /// the bytes it named.
+    basis: Option<Basis>,
     first_seen: Option<HttpDate>,
 }
 
@@ -135,6 +156,7 @@ impl Exchange {
             directives: Directives::default(),
             validators: Validators::new(),
             hashed: false,
+            basis: None,
             first_seen: None,
         }
     }
@@ -426,10 +448,7 @@ impl Exchange {
         }
         let hint = body.size_hint();
         if hint.lower() > self.config.max_buffer {
-            if want_hash {
-                self.count_unhashed(false);
-            }
-            return None;
+            return self.not_buffered(want_hash);
         }
         let mut buffered = Buffered::new();
         // A body of known length takes its whole share of the budget at
@@ -438,10 +457,8 @@ impl Exchange {
         if let Some(len) = hint.exact()
             && !buffered.reserve_to(&self.config.budget, len)
         {
-            if want_hash {
-                self.count_unhashed(true);
-            }
-            return None;
+            self.count(Counter::BufferBudgetExhausted);
+            return self.not_buffered(want_hash);
         }
         Some(Plan::Buffer {
             hash: want_hash,
@@ -449,27 +466,206 @@ impl Exchange {
         })
     }
 
+    /// A body too large to read first (or refused by the budget): a
+    /// `GET`'s streams, hashed as it goes; a `HEAD`'s (which the server
+    /// drops) passes unhashed.
+    fn not_buffered<B: Body>(&self, want_hash: bool) -> Option<Plan<B>> {
+        if self.is_get() {
+            return Some(Plan::Stream);
+        }
+        if want_hash {
+            self.count_unhashed();
+        }
+        None
+    }
+
+    /// Whether a body read as far as the limits allow goes on as a stream:
+    /// a `GET`'s that did not end (nor fail) within them.
+    pub(crate) fn streams<B: Body>(&self, read: &Buffered<B>) -> bool {
+        self.is_get() && read.rest.is_some() && read.error.is_none()
+    }
+
     /// Counts and traces why buffering stopped short of the end.
     pub(crate) fn after_fill(&self, filled: Filled, hashing: bool) {
         match filled {
             Filled::Ended => {}
             Filled::Failed => tracing::debug!(key = self.key(), "body failed while buffering"),
-            Filled::OverLimit if hashing => self.count_unhashed(false),
-            Filled::OverBudget if hashing => self.count_unhashed(true),
-            Filled::OverLimit | Filled::OverBudget => {}
+            Filled::OverLimit | Filled::OverBudget => {
+                if filled == Filled::OverBudget {
+                    self.count(Counter::BufferBudgetExhausted);
+                }
+                if hashing && !self.is_get() {
+                    self.count_unhashed();
+                }
+            }
         }
     }
 
-    fn count_unhashed(&self, budget: bool) {
+    fn count_unhashed(&self) {
         self.count(Counter::StreamedUnhashed);
-        if budget {
-            self.count(Counter::BufferBudgetExhausted);
+        tracing::debug!(key = self.key(), "body streamed without a content ETag");
+    }
+
+    /// Whether the layer would hash this answer's body: it has no `ETag`
+    /// of the service's and may be kept, or its URL is fingerprinted.
+    fn wants_hash(&self) -> bool {
+        (self.validators.etag().is_none() && !self.directives.no_store)
+            || self.fingerprint.is_some()
+    }
+
+    /// The answer to a `GET` whose body is not read before its head is
+    /// sent (over `max_buffer_bytes`, or refused by the budget). `read` is
+    /// what was read of it, hashed into `hasher`.
+    ///
+    /// The body is hashed as it streams and its tag learned at its end. If
+    /// an earlier answer taught the tag of a representation the service
+    /// still describes the same way (length, `Last-Modified`), the head
+    /// carries that tag and the body verifies it ([`stream`]). Preconditions
+    /// are judged against what the head carries — a 304 needs the
+    /// service's `Last-Modified` to vouch for the tag, else the whole body
+    /// goes, verified — and one byte range is cut as it passes.
+    pub(crate) fn stream<B: Body>(
+        &mut self,
+        mut head: response::Parts,
+        read: Buffered<B>,
+        hasher: Option<ContentHasher>,
+    ) -> Response<ResponseBody<B>> {
+        let hash = match hasher {
+            _ if !self.wants_hash() => None,
+            _ if !self.config.hash_large => {
+                self.count_unhashed();
+                None
+            }
+            hasher => Some(hasher.unwrap_or_else(ContentHasher::new)),
+        };
+        let declared = content_length(&head.headers);
+        let last_modified = self.validators.last_modified_date();
+        let claim = hash.as_ref().and_then(|_| self.claim(declared));
+        if let Some(claim) = &claim {
+            tracing::debug!(key = self.key(), etag = %claim.etag, "learned ETag on a streamed answer");
+            head.headers.insert(ETAG, claim.etag.header_value().clone());
+            self.validators = std::mem::take(&mut self.validators).with_etag(claim.etag.clone());
+            if self.synthesize_last_modified {
+                self.synthesize_last_modified(&mut head.headers);
+            }
         }
-        tracing::debug!(
-            key = self.key(),
-            budget,
-            "body streamed without a content ETag"
-        );
+        let tag = claim.as_ref().map(|c| c.etag.clone());
+        self.settle_fingerprint(&mut head.headers, tag.as_ref());
+        let unverified = claim.as_ref().is_some_and(|c| !c.vouched);
+        if let Some(answer) = self.judge_answer(&head.headers, false, unverified) {
+            return answer;
+        }
+        head.headers
+            .entry(ACCEPT_RANGES)
+            .or_insert(HeaderValue::from_static("bytes"));
+        let len = declared.or(claim.as_ref().map(|c| c.len));
+        let window = match self.stream_range(&mut head, len) {
+            Ok(window) => window,
+            Err(len) => return range::unsatisfiable(head, len),
+        };
+        let learning = match hash {
+            Some(_) => self.learning(&head.headers, declared, last_modified),
+            None => None,
+        };
+        let verify = claim
+            .filter(|c| window.is_none() || !c.vouched)
+            .map(|c| c.etag);
+        let plan = stream::Plan {
+            hash,
+            window,
+            verify,
+            learning,
+        };
+        let streamed = Streamed::new(self.config.clone(), read, plan);
+        Response::from_parts(head, ResponseBody::streamed(streamed))
+    }
+
+    /// The learned tag a streamed answer may carry: the service sent none,
+    /// and its `Content-Length` (if any) and `Last-Modified` (or their
+    /// absence) are those the tag was learned with.
+    fn claim(&self, declared: Option<u64>) -> Option<Claim> {
+        if !self.store_allowed || self.validators.etag().is_some() {
+            return None;
+        }
+        let fresh;
+        let found = match &self.entry {
+            Some(found) => found,
+            None => {
+                fresh = self.config.store.lookup(self.key, self.selecting())?;
+                &fresh
+            }
+        };
+        let entry = found.entry();
+        let basis = entry.basis?;
+        let last_modified = self.validators.last_modified_date();
+        if basis.last_modified != last_modified || declared.is_some_and(|len| len != basis.len) {
+            return None;
+        }
+        Some(Claim {
+            etag: entry.validators.etag()?.clone(),
+            len: basis.len,
+            vouched: last_modified.is_some(),
+        })
+    }
+
+    /// The range cut from a streamed `200` to `GET`, with the head made a
+    /// `206` for it; `Err` is a `416` for a representation of that length.
+    /// `len` is the complete length, if known. `If-Range` is judged against
+    /// what the head carries.
+    fn stream_range(
+        &self,
+        head: &mut response::Parts,
+        len: Option<u64>,
+    ) -> Result<Option<(u64, u64)>, u64> {
+        if !self.is_get()
+            || range::decide(&self.request_headers, Some(&self.validators), self.now)
+                != RangeDecision::CutHere
+        {
+            return Ok(None);
+        }
+        let Some(value) = crate::headers::single_line(self.request_headers.get_all(RANGE)) else {
+            return Ok(None);
+        };
+        match range::evaluate_streamed(value, len) {
+            range::StreamRange::Full => Ok(None),
+            range::StreamRange::Unsatisfiable(len) => Err(len),
+            range::StreamRange::Part { first, last, len } => {
+                head.status = StatusCode::PARTIAL_CONTENT;
+                let content_range = match len {
+                    Some(len) => range::content_range(first, last, len),
+                    None => range::content_range_of_unknown(first, last),
+                };
+                head.headers.insert(CONTENT_RANGE, content_range);
+                head.headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(last - first + 1));
+                self.count(Counter::RangesCutFromStream);
+                Ok(Some((first, last)))
+            }
+        }
+    }
+
+    /// What a streamed answer teaches once its body has ended, if it may be
+    /// learned: everything but the content tag.
+    fn learning(
+        &self,
+        headers: &HeaderMap,
+        declared: Option<u64>,
+        last_modified: Option<HttpDate>,
+    ) -> Option<Box<Learning>> {
+        if !self.may_learn(headers) {
+            return None;
+        }
+        let vary = crate::key::vary_names(headers)?;
+        Some(Box::new(Learning {
+            key: self.key,
+            epoch: self.epoch,
+            uri: self.uri.clone(),
+            request_headers: self.request_headers.clone(),
+            vary,
+            entry: self.entry_of(headers),
+            declared,
+            last_modified,
+        }))
     }
 
     /// What an internal `GET` taught a `HEAD` that came without a body to
@@ -502,12 +698,7 @@ impl Exchange {
         if self.method != Method::HEAD {
             return true;
         }
-        let declared = head
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        declared.is_none_or(|len| len == read.len)
+        content_length(&head.headers).is_none_or(|len| len == read.len)
     }
 
     /// The content ETag of a completely read body; it becomes the
@@ -516,6 +707,7 @@ impl Exchange {
         &mut self,
         head: &mut response::Parts,
         hasher: ContentHasher,
+        len: u64,
     ) -> EntityTag {
         self.hashed = true;
         let (etag, remembered) = hasher.finish(&self.config.hash_memo);
@@ -523,6 +715,10 @@ impl Exchange {
             self.count(Counter::HashMemoHits);
         }
         if self.validators.etag().is_none() {
+            self.basis = Some(Basis {
+                len,
+                last_modified: self.validators.last_modified_date(),
+            });
             head.headers.insert(ETAG, etag.header_value().clone());
             self.validators = std::mem::take(&mut self.validators).with_etag(etag.clone());
         }
@@ -571,7 +767,7 @@ impl Exchange {
         if learnable && self.synthesize_last_modified {
             self.synthesize_last_modified(&mut head.headers);
         }
-        if let Some(answer) = self.judge_answer(&head.headers, learnable) {
+        if let Some(answer) = self.judge_answer(&head.headers, learnable, false) {
             return answer;
         }
         if learnable && !self.validators.is_empty() {
@@ -584,14 +780,18 @@ impl Exchange {
     /// made from it, or `None` to send it. Evaluated even when no validator
     /// is known: `If-None-Match: *` holds against any representation (304,
     /// RFC 9110 §13.1.2) and `If-Match: "x"` matches none (412, §13.1.1).
+    /// `unverified`: the `ETag` is a claim the body has yet to prove, so a
+    /// 304 is not made from it (the verified `200` goes instead).
     fn judge_answer<B: Body>(
         &mut self,
         headers: &HeaderMap,
         learnable: bool,
+        unverified: bool,
     ) -> Option<Response<ResponseBody<B>>> {
         let present = Present::scan(&self.request_headers);
         let target = Target::Exists(&self.validators);
         match preconditions::judge(&self.method, &self.request_headers, present, target) {
+            Precondition::NotModified if unverified => None,
             Precondition::NotModified => {
                 if learnable {
                     self.learn(headers);
@@ -675,17 +875,33 @@ impl Exchange {
     /// may not be shared: `no-store`, `private`, `Set-Cookie`, `Vary: *`, or
     /// a request with credentials under a policy that is not `public`.
     fn learn(&self, headers: &HeaderMap) {
-        if !self.store_allowed
-            || self.directives.no_store
-            || self.directives.private
-            || headers.contains_key(SET_COOKIE)
-        {
+        if !self.may_learn(headers) {
             return;
         }
         let Some(vary) = crate::key::vary_names(headers) else {
             return;
         };
-        let entry = Entry {
+        let entry = self.entry_of(headers);
+        // Refusals are counted and traced by the store.
+        let _ = self
+            .config
+            .store
+            .learn(self.key, self.selecting(), &vary, entry, self.epoch);
+    }
+
+    /// Whether an answer may teach the store: not `no-store`, `private` or
+    /// with `Set-Cookie`, and a request without credentials unless the
+    /// policy is `public` (`Vary: *` is checked by the caller).
+    fn may_learn(&self, headers: &HeaderMap) -> bool {
+        self.store_allowed
+            && !self.directives.no_store
+            && !self.directives.private
+            && !headers.contains_key(SET_COOKIE)
+    }
+
+    /// The store entry for an answer with these headers.
+    fn entry_of(&self, headers: &HeaderMap) -> Entry {
+        Entry {
             validators: self.validators.clone(),
             headers: build::stored_not_modified_headers(headers, self.now),
             trusted_until: self.trust.until(self.directives.reuse_lifetime(), self.now),
@@ -694,11 +910,14 @@ impl Exchange {
                 .first_seen
                 .or_else(|| self.validators.last_modified_date())
                 .unwrap_or_else(|| HttpDate::from_system_time(self.now)),
-        };
-        // Refusals are counted and traced by the store.
-        let _ = self
-            .config
-            .store
-            .learn(self.key, self.selecting(), &vary, entry, self.epoch);
+            basis: self.basis,
+        }
     }
+}
+
+/// A single valid `Content-Length`, if the answer declares one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    crate::headers::single_line(headers.get_all(CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }

@@ -74,11 +74,22 @@ counters! {
     /// Of those, the ones whose hash the layer remembered from an earlier
     /// response handing out the same `Bytes` buffer (not read again).
     hash_memo_hits => HashMemoHits,
-    /// Bodies that streamed through without an ETag: over the per-response
-    /// limit or over the global buffer budget.
+    /// Bodies that streamed through without a content ETag: `HEAD` bodies
+    /// over the per-response limit or the global buffer budget, and bodies
+    /// the layer chose not to hash (`.hash_large_bodies(false)`).
     streamed_unhashed => StreamedUnhashed,
-    /// Of those, the ones that streamed because the global budget was used up.
+    /// Bodies that streamed instead of being read first because the global
+    /// buffer budget was used up.
     buffer_budget_exhausted => BufferBudgetExhausted,
+    /// Bodies too large to read before the head (or refused by the budget)
+    /// that were hashed to their end as they streamed.
+    hashed_streaming => HashedStreaming,
+    /// Streamed bodies that ended with [`ContentChanged`](crate::ContentChanged):
+    /// the bytes were not those of the `ETag` the layer put in the head, or
+    /// the representation ended before the range announced.
+    content_changed => ContentChanged,
+    /// `206` answers the layer cut from a body streaming past.
+    ranges_cut_from_stream => RangesCutFromStream,
     /// Requests that a trusted entry would have answered but that went to
     /// the inner service because the invalidation bus was disconnected.
     bus_disconnected_fallbacks => BusDisconnectedFallbacks,

@@ -76,6 +76,7 @@ impl MediaCacheLayer {
                 write_methods: vec![Method::PUT, Method::PATCH, Method::DELETE],
                 verify_writes: true,
                 learn_head: true,
+                hash_large: true,
                 hash_memo: Arc::new(HashMemo::new(DEFAULT_HASH_MEMO_BYTES)),
             }),
         }
@@ -117,18 +118,20 @@ impl MediaCacheLayer {
         self
     }
 
-    /// The largest body buffered to compute a content ETag (default 16 MiB).
-    /// A larger body, or one whose size hint says it will be larger, streams
-    /// through untouched, without an ETag from the layer.
+    /// The largest body read before its head is sent, to compute a content
+    /// ETag or cut a range (default 16 MiB). A larger body, or one whose size
+    /// hint says it will be larger, streams as it comes: to a `GET` it is
+    /// hashed as it passes and its tag learned at its end, for later answers
+    /// (see [`hash_large_bodies`](Self::hash_large_bodies)).
     pub fn max_buffer_bytes(mut self, bytes: u64) -> Self {
         self.config().max_buffer = bytes;
         self
     }
 
     /// The most bytes buffered for hashing across all in-flight responses
-    /// (default 256 MiB). A response that would go past it streams through
-    /// unhashed instead of waiting; [`Stats::buffer_budget_exhausted`]
-    /// counts those.
+    /// (default 256 MiB). A response that would go past it streams instead of
+    /// waiting, as a body over [`max_buffer_bytes`](Self::max_buffer_bytes)
+    /// does; [`Stats::buffer_budget_exhausted`] counts those.
     ///
     /// [`Stats::buffer_budget_exhausted`]: crate::Stats::buffer_budget_exhausted
     pub fn buffer_budget(mut self, bytes: u64) -> Self {
@@ -175,6 +178,36 @@ impl MediaCacheLayer {
     /// carries only the service's own validators.
     pub fn learn_head_validators(mut self, learn: bool) -> Self {
         self.config().learn_head = learn;
+        self
+    }
+
+    /// Whether a `GET`'s body too large to read before its head is sent
+    /// (over [`max_buffer_bytes`](Self::max_buffer_bytes), or refused by the
+    /// [budget](Self::buffer_budget)) is hashed as it streams (default
+    /// `true`). Nothing is buffered; the hash costs about what a copy of the
+    /// bytes does.
+    ///
+    /// * When the body ends, its content ETag is learned, with the service's
+    ///   `Content-Length` and `Last-Modified` on that answer. Conditional
+    ///   requests with that tag are then answered 304 from the store under
+    ///   the route's trust mode, like any other.
+    /// * A later `200` whose `Content-Length` and `Last-Modified` (or their
+    ///   absence) are unchanged carries the learned tag in its head, and the
+    ///   layer **verifies** it as the bytes stream: the last piece is held
+    ///   back until the hash is known, and if the bytes are other ones the
+    ///   body ends with [`ContentChanged`](crate::ContentChanged) instead of
+    ///   completing — the connection is cut short, so no client or cache
+    ///   keeps other bytes under that tag — and the new tag is learned for
+    ///   the next request ([`Stats::content_changed`](crate::Stats::content_changed)).
+    ///   The trade-off: a service that changes a file without changing its
+    ///   length or `Last-Modified` costs one failed download per change.
+    /// * A `304` is made from such a tag only when the service's
+    ///   `Last-Modified` vouches for it; without one the verified `200` goes.
+    ///
+    /// With `false`, such bodies stream untouched and without a layer ETag,
+    /// as in earlier versions. Ranges are cut from them either way.
+    pub fn hash_large_bodies(mut self, hash: bool) -> Self {
+        self.config().hash_large = hash;
         self
     }
 

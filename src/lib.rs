@@ -68,6 +68,7 @@ mod response;
 mod rules;
 mod service;
 mod store;
+mod stream;
 mod validators;
 mod write;
 
@@ -86,4 +87,5 @@ pub use layer::{
 pub use policy::{CachePolicy, Probe, ProbeFuture, Trust};
 pub use range::MAX_RANGES;
 pub use service::MediaCache;
+pub use stream::{BoxError, ContentChanged};
 pub use validators::{Validators, content_etag};

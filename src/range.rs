@@ -101,6 +101,72 @@ pub(crate) fn evaluate(value: &HeaderValue, len: u64) -> RangeAnswer {
     RangeAnswer::Partial(satisfiable)
 }
 
+/// The one part to cut from a body that streams by once (RFC 9110 §14.2),
+/// whose complete length may be unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamRange {
+    /// Send the whole representation: the field is ignored, names several
+    /// ranges (a stream cannot be rewound for them), or needs a length
+    /// that is not known (`first-`, `-suffix`).
+    Full,
+    /// `416`: nothing of a representation of this length is asked for.
+    Unsatisfiable(u64),
+    /// `206` with the bytes `first..=last`; `len` is the complete length,
+    /// if known.
+    Part {
+        first: u64,
+        last: u64,
+        len: Option<u64>,
+    },
+}
+
+/// Evaluates `Range` for a body that streams by once: as [`evaluate`] when
+/// the length is known, keeping a single part; with the length unknown,
+/// only a closed `first-last` can be cut, announced with the complete
+/// length `*` (RFC 9110 §14.4).
+pub(crate) fn evaluate_streamed(value: &HeaderValue, len: Option<u64>) -> StreamRange {
+    match len {
+        Some(len) => match evaluate(value, len) {
+            RangeAnswer::Partial(ranges) => match ranges[..] {
+                [(first, last)] => StreamRange::Part {
+                    first,
+                    last,
+                    len: Some(len),
+                },
+                _ => StreamRange::Full,
+            },
+            RangeAnswer::Unsatisfiable => StreamRange::Unsatisfiable(len),
+            RangeAnswer::Full => StreamRange::Full,
+        },
+        None => match closed_range(value) {
+            Some((first, last)) => StreamRange::Part {
+                first,
+                last,
+                len: None,
+            },
+            None => StreamRange::Full,
+        },
+    }
+}
+
+/// `bytes=first-last`, one range with both positions, and nothing else.
+fn closed_range(value: &HeaderValue) -> Option<(u64, u64)> {
+    let bytes = crate::headers::trim_ows(value.as_bytes());
+    let eq = bytes.iter().position(|&b| b == b'=')?;
+    if !crate::headers::trim_ows(&bytes[..eq]).eq_ignore_ascii_case(b"bytes") {
+        return None;
+    }
+    let mut specs = crate::headers::members(&bytes[eq + 1..]);
+    let spec = specs.next()?;
+    if specs.next().is_some() {
+        return None;
+    }
+    let dash = spec.iter().position(|&b| b == b'-')?;
+    let first = digits(&spec[..dash])?;
+    let last = digits(&spec[dash + 1..])?;
+    (last >= first).then_some((first, last))
+}
+
 /// `1*DIGIT` as a number; `None` for anything else or on overflow.
 fn digits(bytes: &[u8]) -> Option<u64> {
     if bytes.is_empty() || bytes.len() > 19 || !bytes.iter().all(u8::is_ascii_digit) {
@@ -134,6 +200,12 @@ pub(crate) fn slice(chunks: &VecDeque<Bytes>, first: u64, last: u64) -> Vec<Byte
 /// `Content-Range: bytes first-last/len`.
 pub(crate) fn content_range(first: u64, last: u64, len: u64) -> HeaderValue {
     HeaderValue::try_from(format!("bytes {first}-{last}/{len}"))
+        .expect("digits are a valid header value")
+}
+
+/// `Content-Range: bytes first-last/*`: the complete length is unknown.
+pub(crate) fn content_range_of_unknown(first: u64, last: u64) -> HeaderValue {
+    HeaderValue::try_from(format!("bytes {first}-{last}/*"))
         .expect("digits are a valid header value")
 }
 
@@ -224,15 +296,7 @@ pub(crate) fn answer<B: Body>(
     let len = buffered.len;
     match evaluate(value, len) {
         RangeAnswer::Full => Response::from_parts(head, ResponseBody::chunks(buffered)),
-        RangeAnswer::Unsatisfiable => {
-            head.status = StatusCode::RANGE_NOT_SATISFIABLE;
-            for name in [CACHE_CONTROL, EXPIRES, CONTENT_TYPE] {
-                head.headers.remove(name);
-            }
-            head.headers.insert(CONTENT_RANGE, unsatisfied_range(len));
-            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(0u64));
-            Response::from_parts(head, ResponseBody::empty())
-        }
+        RangeAnswer::Unsatisfiable => unsatisfiable(head, len),
         RangeAnswer::Partial(ranges) => {
             head.status = StatusCode::PARTIAL_CONTENT;
             buffered.trailers = None;
@@ -264,6 +328,22 @@ pub(crate) fn answer<B: Body>(
             Response::from_parts(head, ResponseBody::chunks(buffered))
         }
     }
+}
+
+/// `416 Range Not Satisfiable` for a representation of `len` bytes, made
+/// from its `200` head: `Content-Range: bytes */len` and no body (RFC 9110
+/// §15.5.17), nothing that would let a cache keep it.
+pub(crate) fn unsatisfiable<B: Body>(
+    mut head: response::Parts,
+    len: u64,
+) -> Response<ResponseBody<B>> {
+    head.status = StatusCode::RANGE_NOT_SATISFIABLE;
+    for name in [CACHE_CONTROL, EXPIRES, CONTENT_TYPE] {
+        head.headers.remove(name);
+    }
+    head.headers.insert(CONTENT_RANGE, unsatisfied_range(len));
+    head.headers.insert(CONTENT_LENGTH, HeaderValue::from(0u64));
+    Response::from_parts(head, ResponseBody::empty())
 }
 
 /// A multipart boundary that cannot occur in the content: derived from the
@@ -354,6 +434,36 @@ mod tests {
             eval("bytes=0-1, 5-6", 1000),
             RangeAnswer::Partial(vec![(0, 1), (5, 6)])
         );
+    }
+
+    #[test]
+    fn a_stream_is_cut_once_and_without_its_length_only_between_two_positions() {
+        let streamed =
+            |value: &'static str, len| evaluate_streamed(&HeaderValue::from_static(value), len);
+        let part = |first, last, len| StreamRange::Part { first, last, len };
+        assert_eq!(streamed("bytes=10-19", Some(100)), part(10, 19, Some(100)));
+        assert_eq!(streamed("bytes=-10", Some(100)), part(90, 99, Some(100)));
+        assert_eq!(
+            streamed("bytes=200-", Some(100)),
+            StreamRange::Unsatisfiable(100)
+        );
+        assert_eq!(streamed("bytes=0-1,5-6", Some(100)), StreamRange::Full);
+        assert_eq!(streamed("bytes=1000-1099", None), part(1000, 1099, None));
+        assert_eq!(streamed(" BYTES = 5-5 ", None), part(5, 5, None));
+        for unknowable in [
+            "bytes=10-",
+            "bytes=-10",
+            "bytes=0-1,5-6",
+            "bytes=5-1",
+            "bytes=x-1",
+            "items=0-1",
+        ] {
+            assert_eq!(
+                streamed(unknowable, None),
+                StreamRange::Full,
+                "{unknowable}"
+            );
+        }
     }
 
     #[test]

@@ -38,6 +38,21 @@ pub(crate) struct Entry {
     pub(crate) expires_after: Option<Duration>,
     /// When the current ETag was first seen under this key.
     pub(crate) first_seen: HttpDate,
+    /// When the ETag is the layer's content hash: what the service's own
+    /// cheap validators said of the bytes it hashed.
+    pub(crate) basis: Option<Basis>,
+}
+
+/// What the service said of a representation whose content ETag the layer
+/// computed. A later answer whose body is too large to read before its head
+/// is sent may carry that ETag while the service still says the same
+/// (verified as the bytes stream: see [`crate::stream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Basis {
+    /// The representation's length: the bytes hashed.
+    pub(crate) len: u64,
+    /// The service's `Last-Modified` on that answer.
+    pub(crate) last_modified: Option<HttpDate>,
 }
 
 impl Entry {
@@ -620,6 +635,7 @@ mod tests {
             trusted_until: TrustedUntil::Invalidated,
             expires_after: None,
             first_seen: HttpDate::from_secs(0),
+            basis: None,
         }
     }
 

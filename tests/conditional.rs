@@ -273,7 +273,7 @@ async fn expires_is_sent_for_http_1_0_caches_when_asked() {
 }
 
 #[tokio::test]
-async fn a_body_over_the_limit_streams_through_untouched_without_an_etag() {
+async fn a_body_over_the_limit_streams_hashed_and_its_tag_comes_with_the_next_answer() {
     let big: Bytes = (0..200_000u32).map(|i| (i % 253) as u8).collect();
     let origin = Origin::new(Content {
         status: http::StatusCode::OK,
@@ -282,11 +282,39 @@ async fn a_body_over_the_limit_streams_through_untouched_without_an_etag() {
     });
     let layer = three_days().max_buffer_bytes(64 * 1024);
     let service = origin.wrap(&layer);
-    let answer = send(&service, req(get("/big"))).await;
-    assert_eq!(answer.status, 200);
-    assert_eq!(answer.header("etag"), None);
-    assert_eq!(answer.body, big);
-    assert_eq!(layer.handle().stats().streamed_unhashed, 1);
+    // The head goes before the body is read: no tag yet, the bytes as sent.
+    let first = send(&service, req(get("/big"))).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("etag"), None);
+    assert_eq!(first.body, big);
+    let etag = content_etag(&big).to_string();
+    let second = send(&service, req(get("/big"))).await;
+    assert_eq!(second.header("etag"), Some(etag.as_str()));
+    assert_eq!(second.body, big);
+    let stats = layer.handle().stats();
+    assert_eq!((stats.hashed_streaming, stats.streamed_unhashed), (2, 0));
+}
+
+#[tokio::test]
+async fn with_large_body_hashing_off_a_body_over_the_limit_streams_untouched() {
+    let big: Bytes = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let origin = Origin::new(Content {
+        status: http::StatusCode::OK,
+        body: big.clone(),
+        headers: Default::default(),
+    });
+    let layer = three_days()
+        .max_buffer_bytes(64 * 1024)
+        .hash_large_bodies(false);
+    let service = origin.wrap(&layer);
+    for _ in 0..2 {
+        let answer = send(&service, req(get("/big"))).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("etag"), None);
+        assert_eq!(answer.body, big);
+    }
+    let stats = layer.handle().stats();
+    assert_eq!((stats.hashed_streaming, stats.streamed_unhashed), (0, 2));
 }
 
 #[tokio::test]

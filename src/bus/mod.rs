@@ -324,6 +324,7 @@ mod tests {
             trusted_until: TrustedUntil::Invalidated,
             expires_after: None,
             first_seen: HttpDate::from_secs(0),
+            basis: None,
         }
     }
 

@@ -7,6 +7,7 @@ use http::{Response, response};
 use http_body::Body;
 
 use super::{Answered, Call, Held, Reading, State};
+use crate::body::Buffered;
 use crate::exchange::{Exchange, Outcome, Plan, Source};
 use crate::handle::Counter;
 use crate::policy::ProbeFuture;
@@ -120,6 +121,13 @@ pub(super) fn answered<F, B: Body>(
                 Some(Box::new(Answered { head, body })),
             ),
         },
+        Plan::Stream => {
+            let mut read = Buffered::new();
+            read.rest = Some(Box::pin(body));
+            State::Ready {
+                response: Some(exchange.stream(head, read, None)),
+            }
+        }
         Plan::Buffer { hash, buffered } => State::Buffering {
             reading: Some(Box::new(Reading {
                 head,
@@ -140,9 +148,15 @@ pub(super) fn read<F, B: Body>(exchange: &mut Exchange, reading: Reading<B>) -> 
         hasher,
         ..
     } = reading;
+    if exchange.streams(&buffered) {
+        return State::Ready {
+            response: Some(exchange.stream(head, buffered, hasher)),
+        };
+    }
     let hash = match hasher {
         Some(hasher) if buffered.is_complete() && exchange.represents(&head, &buffered) => {
-            Some(exchange.content_etag(&mut head, hasher))
+            let len = buffered.len;
+            Some(exchange.content_etag(&mut head, hasher, len))
         }
         _ => None,
     };

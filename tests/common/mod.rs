@@ -132,7 +132,7 @@ where
 {
     let response = service.clone().oneshot(request).await.unwrap();
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.map_err(Into::into).unwrap().to_bytes();
+    let body = body.collect().await.unwrap().to_bytes();
     Answer {
         status: parts.status,
         headers: parts.headers,

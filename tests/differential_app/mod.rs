@@ -1034,11 +1034,7 @@ async fn send(service: &mut MediaCache<App>, request: Request<Bytes>) -> Answer 
         .await
         .unwrap_or_else(|never| match never {});
     let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .unwrap_or_else(|never| match never {})
-        .to_bytes();
+    let body = body.collect().await.expect("the body completes").to_bytes();
     Answer {
         status: parts.status,
         headers: parts.headers,

@@ -318,6 +318,17 @@ impl<B: Body> Buffered<B> {
         }
     }
 
+    /// The whole body's length, when the part not read yet tells it
+    /// exactly (a body of known size, as servers frame with
+    /// `Content-Length`).
+    pub(crate) fn exact_len(&self) -> Option<u64> {
+        let rest = match &self.rest {
+            Some(body) => body.size_hint().exact()?,
+            None => 0,
+        };
+        self.len.checked_add(rest)
+    }
+
     /// Whether the whole body was read without error: the chunks are the
     /// complete representation.
     pub(crate) fn is_complete(&self) -> bool {

@@ -440,14 +440,13 @@ impl Exchange {
         if self.method == Method::HEAD && !has_body {
             return None;
         }
-        let want_hash = (self.validators.etag().is_none() && !self.directives.no_store)
-            || self.fingerprint.is_some();
+        let want_hash = self.wants_hash();
         let want_range = self.is_get() && self.request_headers.contains_key(RANGE);
         if !(want_hash || want_range) {
             return None;
         }
         let hint = body.size_hint();
-        if hint.lower() > self.config.max_buffer {
+        if hint.lower() > self.config.max_buffer || (want_range && self.known_to_be_large()) {
             return self.not_buffered(want_hash);
         }
         let mut buffered = Buffered::new();
@@ -477,6 +476,28 @@ impl Exchange {
             self.count_unhashed();
         }
         None
+    }
+
+    /// Whether the store learned this representation over
+    /// `max_buffer_bytes`: a range of it is cut from the stream at once
+    /// rather than after reading that much first.
+    fn known_to_be_large(&self) -> bool {
+        self.stored(|entry| entry.basis)
+            .is_some_and(|basis| basis.len > self.config.max_buffer)
+    }
+
+    /// What `read` takes from the stored variant this request selects,
+    /// trusted or not (`call` may have looked it up already).
+    fn stored<R>(&self, read: impl FnOnce(&Entry) -> Option<R>) -> Option<R> {
+        match &self.entry {
+            Some(found) => read(found.entry()),
+            None => read(
+                self.config
+                    .store
+                    .lookup(self.key, self.selecting())?
+                    .entry(),
+            ),
+        }
     }
 
     /// Whether a body read as far as the limits allow goes on as a stream:
@@ -538,7 +559,7 @@ impl Exchange {
             }
             hasher => Some(hasher.unwrap_or_else(ContentHasher::new)),
         };
-        let declared = content_length(&head.headers);
+        let declared = content_length(&head.headers).or_else(|| read.exact_len());
         let last_modified = self.validators.last_modified_date();
         let claim = hash.as_ref().and_then(|_| self.claim(declared));
         if let Some(claim) = &claim {
@@ -587,24 +608,18 @@ impl Exchange {
         if !self.store_allowed || self.validators.etag().is_some() {
             return None;
         }
-        let fresh;
-        let found = match &self.entry {
-            Some(found) => found,
-            None => {
-                fresh = self.config.store.lookup(self.key, self.selecting())?;
-                &fresh
-            }
-        };
-        let entry = found.entry();
-        let basis = entry.basis?;
         let last_modified = self.validators.last_modified_date();
-        if basis.last_modified != last_modified || declared.is_some_and(|len| len != basis.len) {
-            return None;
-        }
-        Some(Claim {
-            etag: entry.validators.etag()?.clone(),
-            len: basis.len,
-            vouched: last_modified.is_some(),
+        self.stored(|entry| {
+            let basis = entry.basis?;
+            if basis.last_modified != last_modified || declared.is_some_and(|len| len != basis.len)
+            {
+                return None;
+            }
+            Some(Claim {
+                etag: entry.validators.etag()?.clone(),
+                len: basis.len,
+                vouched: last_modified.is_some(),
+            })
         })
     }
 

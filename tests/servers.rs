@@ -18,8 +18,6 @@ mod hyper_server;
 mod tonic_server;
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::Body;
@@ -28,145 +26,14 @@ use bytes::Bytes;
 use http::header::{
     ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED,
 };
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tower_media_cache::{CachePolicy, DEFAULT_MAX_BUFFER, MediaCacheLayer, content_etag};
+use http::{Method, StatusCode};
+use tower_media_cache::{CachePolicy, DEFAULT_MAX_BUFFER, MediaCacheLayer};
 
-// ---------------------------------------------------------------------------
-// Harness
-// ---------------------------------------------------------------------------
-
-/// A server task on an ephemeral port of 127.0.0.1. `stop` shuts it down
-/// gracefully and waits for it; dropping it (a failed test) aborts it.
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Running {
-    /// Binds 127.0.0.1:0 and spawns `serve(listener, shutdown)`.
-    async fn start<F, Fut>(serve: F) -> Self
-    where
-        F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(serve(listener, stopped));
-        Self {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    /// Serves an axum router.
-    async fn axum(app: Router) -> Self {
-        Self::start(|listener, stopped| async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    stopped.await.ok();
-                })
-                .await
-                .unwrap();
-        })
-        .await
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).ok();
-        self.task.take().unwrap().await.unwrap();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
-
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// What came back: status, headers, the whole body.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn header(&self, name: impl http::header::AsHeaderName) -> &str {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or_else(|| panic!("header missing in {:?}", self.headers))
-    }
-}
-
-async fn send(client: &HttpClient, method: Method, url: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut request = Request::builder().method(method).uri(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = client
-        .request(request.body(Empty::new()).unwrap())
-        .await
-        .unwrap();
-    let (head, body) = response.into_parts();
-    Answer {
-        status: head.status,
-        headers: head.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
-}
-
-async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Answer {
-    send(client, Method::GET, url, headers).await
-}
+mod net;
+use net::{Running, client, etag_of, get, pseudo_random, send};
 
 fn media_bytes(name: &str) -> Vec<u8> {
     std::fs::read(media_server::media_dir().join(name)).unwrap()
-}
-
-fn etag_of(bytes: &[u8]) -> String {
-    content_etag(bytes)
-        .header_value()
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// Deterministic pseudo-random bytes (xorshift64), so no compression or
-/// coincidence can make two different bodies look alike.
-fn pseudo_random(len: usize, seed: u64) -> Bytes {
-    let mut state = seed | 1;
-    let mut bytes = Vec::with_capacity(len + 8);
-    while bytes.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(len);
-    Bytes::from(bytes)
 }
 
 // ---------------------------------------------------------------------------

@@ -12,6 +12,11 @@
 //!   every 10 seconds, and the same files as "latest copies". Caches keep
 //!   them but revalidate on every use; the layer answers `304` while the
 //!   bytes are unchanged.
+//! * `/videos/long-sweep.y4m` is a 22 MiB video generated at start into the
+//!   system's temporary directory (not committed): larger than the layer's
+//!   16 MiB buffer, so it streams, hashed as it passes; the next answer
+//!   carries its `ETag`, and a player seeking in it gets `206`s cut from the
+//!   stream (`mpv http://127.0.0.1:3000/videos/long-sweep.y4m`).
 //! * `/` is an HTML page linking each media file by its **fingerprinted**
 //!   URL (`/media/gradient.5e6d465919c4681d.png`): those answers carry
 //!   `Cache-Control: public, max-age=31536000, immutable`, and a changed
@@ -92,6 +97,7 @@ pub fn app_with(layer: MediaCacheLayer) -> Router {
         .route("/live/snapshot.svg", get(snapshot))
         .nest_service("/live", serve_media())
         .nest_service("/media", serve_media())
+        .nest_service("/videos", serve_files(video_dir()))
         .layer(layer)
         // Outside the cache layer, so the 304s it answers itself are logged.
         .layer(middleware::from_fn(log_request))
@@ -109,19 +115,73 @@ pub fn app_with(layer: MediaCacheLayer) -> Router {
 /// * hides the conditional and `Range` headers from `ServeDir` — the layer
 ///   has already read them and answers them itself, from the content.
 ///   (`Range` goes too, because `If-Range` must be judged against the same
-///   validators. The layer serves ranges from the body it buffered, so a
-///   file larger than `max_buffer_bytes`, 16 MiB by default, is answered
-///   whole, without an `ETag`.)
+///   validators. The layer cuts ranges from the body it buffered, or, for a
+///   file larger than `max_buffer_bytes` (16 MiB by default), from the
+///   stream as it passes.)
 /// * removes `ServeDir`'s `ETag`, so the layer puts the content `ETag`
 ///   (XXH3-128 of the bytes, the same on every replica) in its place.
 ///
 /// `ServeDir`'s `Last-Modified` stays; the layer answers
 /// `If-Modified-Since` against it.
 pub fn serve_media() -> MediaFiles {
+    serve_files(media_dir())
+}
+
+/// [`serve_media`] for the files of `dir`.
+pub fn serve_files(dir: PathBuf) -> MediaFiles {
     ServiceBuilder::new()
         .map_request(hide_validators as fn(Request) -> Request)
         .map_response(drop_etag as fn(FileResponse) -> FileResponse)
-        .service(ServeDir::new(media_dir()))
+        .service(ServeDir::new(dir))
+}
+
+/// The name of the generated large video under `/videos/`.
+pub const LARGE_VIDEO: &str = "long-sweep.y4m";
+
+/// Where [`LARGE_VIDEO`] is generated: a folder of the system's temporary
+/// directory, so no large file is committed.
+pub fn video_dir() -> PathBuf {
+    std::env::temp_dir().join("tower-media-cache-example")
+}
+
+/// Writes [`LARGE_VIDEO`] into [`video_dir`] unless it is there with the
+/// right bytes already; returns its path. Written to a temporary name and
+/// renamed, so a server reading it never sees half a file.
+pub fn ensure_large_video() -> std::io::Result<PathBuf> {
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let path = video_dir().join(LARGE_VIDEO);
+    let bytes = large_video();
+    if std::fs::read(&path).is_ok_and(|existing| existing == bytes) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(video_dir())?;
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = video_dir().join(format!(".{LARGE_VIDEO}.{}.{n}", std::process::id()));
+    std::fs::write(&partial, &bytes)?;
+    std::fs::rename(&partial, &path)?;
+    Ok(path)
+}
+
+/// The bytes of [`LARGE_VIDEO`]: 200 frames of 320×240 YUV4MPEG2 (4:2:0,
+/// 25 fps), a diagonal gradient sweeping across the picture, about 22 MiB.
+pub fn large_video() -> Vec<u8> {
+    const WIDTH: usize = 320;
+    const HEIGHT: usize = 240;
+    const FRAMES: usize = 200;
+    let header = format!("YUV4MPEG2 W{WIDTH} H{HEIGHT} F25:1 Ip A1:1 C420jpeg\n");
+    let frame_len = 6 + WIDTH * HEIGHT * 3 / 2;
+    let mut video = Vec::with_capacity(header.len() + FRAMES * frame_len);
+    video.extend_from_slice(header.as_bytes());
+    for frame in 0..FRAMES {
+        video.extend_from_slice(b"FRAME\n");
+        for y in 0..HEIGHT {
+            video.extend((0..WIDTH).map(|x| ((x + y + frame * 4) % 256) as u8));
+        }
+        let chroma = WIDTH * HEIGHT / 4;
+        video.extend(std::iter::repeat_n((frame * 2 % 256) as u8, chroma));
+        video.extend(std::iter::repeat_n((255 - frame % 256) as u8, chroma));
+    }
+    video
 }
 
 /// [`serve_media`]'s service.
@@ -197,7 +257,9 @@ pub fn index_page(files: &[String]) -> String {
     html.push_str(
         "</ul>\n<h2>Live</h2>\n<p><a href=\"/live/snapshot.svg\">snapshot.svg</a> \
          (<code>no-cache</code>, changes every 10 seconds)</p>\n\
-         <p><img src=\"/live/snapshot.svg\" alt=\"live snapshot\"></p>\n</body>\n</html>\n",
+         <p><img src=\"/live/snapshot.svg\" alt=\"live snapshot\"></p>\n\
+         <h2>Long video</h2>\n<p><a href=\"/videos/long-sweep.y4m\">long-sweep.y4m</a> \
+         (22 MiB, streamed: seek in it with a player)</p>\n</body>\n</html>\n",
     );
     html
 }
@@ -268,6 +330,7 @@ async fn main() {
         )
         .init();
 
+    let video = ensure_large_video().expect("write the generated video");
     let listener = tokio::net::TcpListener::bind(listen_addr())
         .await
         .expect("bind the listen address");
@@ -287,6 +350,13 @@ async fn main() {
     println!("    curl -i -H 'If-None-Match: {etag}' {url}");
     println!("  the same file under its fingerprinted, immutable URL:");
     println!("    curl -i {base}{}", media_url(example));
+    println!(
+        "  a seek in a 22 MiB video (generated at {}):",
+        video.display()
+    );
+    println!(
+        "    curl -i -H 'Range: bytes=1000000-1000099' {base}/videos/{LARGE_VIDEO} -o /dev/null"
+    );
     println!();
 
     axum::serve(listener, app())

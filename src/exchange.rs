@@ -596,6 +596,9 @@ impl Exchange {
             window,
             verify,
             learning,
+            // Only a length the service declared: a learned one may be
+            // the old representation's.
+            len: declared,
         };
         let streamed = Streamed::new(self.config.clone(), read, plan);
         Response::from_parts(head, ResponseBody::streamed(streamed))

@@ -122,6 +122,8 @@ pub(crate) struct Plan {
     /// piece forwarded is held back until they do.
     pub(crate) verify: Option<EntityTag>,
     pub(crate) learning: Option<Box<Learning>>,
+    /// The representation's length, if known.
+    pub(crate) len: Option<u64>,
 }
 
 /// A body streaming through the layer.
@@ -140,6 +142,11 @@ pub(crate) struct Streamed<B: Body> {
     position: u64,
     /// The piece held back until the tag is verified.
     held: Option<Bytes>,
+    /// Pieces ready to go out, in order.
+    ready: VecDeque<Bytes>,
+    /// The representation's length, when known: its end is known when the
+    /// last byte arrives.
+    len: Option<u64>,
     /// The window has been forwarded: only verification reads on.
     window_done: bool,
     done: bool,
@@ -169,6 +176,8 @@ impl<B: Body> Streamed<B> {
             learning: plan.learning,
             position,
             held: None,
+            ready: VecDeque::new(),
+            len: plan.len,
             window_done: false,
             done: false,
         };
@@ -242,10 +251,13 @@ impl<B: Body> Streamed<B> {
         chunk.slice(from..to)
     }
 
-    /// The representation has ended: learn its tag, check the claimed one.
+    /// The representation has ended (or its last byte is in): learn its
+    /// tag, check the claimed one. Called again at the real end, when only
+    /// the window is left to check.
     fn end(&mut self) -> Result<(), BoxError> {
         if let Some((_, last)) = self.window
             && !self.window_done
+            && self.rest.is_none()
             && self.position <= last
         {
             // Shorter than the range the head announced.
@@ -297,58 +309,70 @@ impl<B: Body> Streamed<B> {
         B::Error: Into<BoxError>,
     {
         loop {
-            if self.done {
-                return Poll::Ready(None);
+            if let Some(out) = self.ready.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
             }
-            let Some(next) = ready!(self.poll_chunk(cx)) else {
-                if let Err(error) = self.end() {
-                    self.done = true;
-                    self.held = None;
-                    return Poll::Ready(Some(Err(error)));
-                }
-                if let Some(held) = self.held.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(held))));
-                }
-                self.done = true;
+            if self.done {
                 let trailers = self.trailers.take().filter(|_| self.window.is_none());
                 return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+            }
+            let next = match ready!(self.poll_chunk(cx)) {
+                Some(Ok(next)) => Some(next),
+                Some(Err(error)) => return Poll::Ready(Some(Err(self.fail(error)))),
+                None => None,
             };
-            let (chunk, hashed) = match next {
-                Ok(next) => next,
-                Err(error) => {
-                    self.done = true;
-                    self.held = None;
-                    return Poll::Ready(Some(Err(error)));
+            let Some((chunk, hashed)) = next else {
+                if let Err(error) = self.end() {
+                    return Poll::Ready(Some(Err(self.fail(error))));
                 }
+                self.ready.extend(self.held.take());
+                self.done = true;
+                continue;
             };
             if !hashed && let Some(hash) = self.hash.as_mut() {
                 hash.update_bytes(&chunk);
             }
             let start = self.position;
             self.position += chunk.len() as u64;
-            let was_done = self.window_done;
-            let out = if was_done {
+            let out = if self.window_done {
                 Bytes::new()
             } else {
                 self.cut(chunk, start)
             };
-            if self.window_done && self.verify.is_none() && self.held.is_none() {
+            if self.window_done && self.verify.is_none() {
                 // The range is out and nothing is verified: read no more.
                 self.stop();
+                self.ready.extend(Some(out).filter(|o| !o.is_empty()));
                 self.done = true;
-                return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out))));
-            }
-            if out.is_empty() {
                 continue;
             }
-            if self.verify.is_some() {
-                match self.held.replace(out) {
-                    Some(previous) => return Poll::Ready(Some(Ok(Frame::data(previous)))),
-                    None => continue,
-                }
+            if !out.is_empty() {
+                let out = match self.verify {
+                    Some(_) => self.held.replace(out),
+                    None => Some(out),
+                };
+                self.ready.extend(out);
             }
-            return Poll::Ready(Some(Ok(Frame::data(out))));
+            if Some(self.position) == self.len {
+                // The last byte is in: learn and verify now, before it goes
+                // out, so that a client that stops reading at the declared
+                // length finds the store already taught.
+                if let Err(error) = self.end() {
+                    return Poll::Ready(Some(Err(self.fail(error))));
+                }
+                self.ready.extend(self.held.take());
+            }
         }
+    }
+
+    /// Ends the body with `error`: nothing held back or queued goes out.
+    fn fail(&mut self, error: BoxError) -> BoxError {
+        self.done = true;
+        self.held = None;
+        self.ready.clear();
+        self.trailers = None;
+        self.stop();
+        error
     }
 
     pub(crate) fn is_end_stream(&self) -> bool {
@@ -356,15 +380,19 @@ impl<B: Body> Streamed<B> {
     }
 
     pub(crate) fn size_hint(&self) -> SizeHint {
+        let waiting: u64 = self
+            .ready
+            .iter()
+            .chain(&self.held)
+            .map(|c| c.len() as u64)
+            .sum();
         if let Some((first, last)) = self.window {
-            // What is left of the window.
-            let sent = self.position.saturating_sub(first);
-            let held = self.held.as_ref().map_or(0, |h| h.len() as u64);
+            // What is left of the window: not read yet, or read and waiting.
             let total = last - first + 1;
-            return SizeHint::with_exact(total.saturating_sub(sent).saturating_add(held));
+            let passed = self.position.saturating_sub(first).min(total);
+            return SizeHint::with_exact(total - passed + waiting);
         }
-        let queued: u64 = self.prefix.iter().map(|c| c.len() as u64).sum::<u64>()
-            + self.held.as_ref().map_or(0, |h| h.len() as u64);
+        let queued = waiting + self.prefix.iter().map(|c| c.len() as u64).sum::<u64>();
         let mut hint = SizeHint::new();
         match &self.rest {
             Some(body) => {

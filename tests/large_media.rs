@@ -189,9 +189,14 @@ async fn a_48_mib_chunked_body_gets_its_tag_304s_from_the_store_and_ranges() {
 
 #[tokio::test]
 async fn content_changed_behind_the_layers_back_never_completes_under_the_old_tag() {
+    content_changed(Media::new, "chunked").await;
+    content_changed(Media::sized, "with Content-Length").await;
+}
+
+async fn content_changed(media: fn(Bytes) -> Arc<Media>, framing: &str) {
     let old = pseudo_random(LEN, 1);
     let new = pseudo_random(LEN, 2);
-    let media = Media::new(old.clone());
+    let media = media(old.clone());
     // `no-cache`: every request reaches the handler.
     let (server, handle) = serve(&media, MediaCacheLayer::new(CachePolicy::no_cache())).await;
     let client = client();
@@ -203,8 +208,16 @@ async fn content_changed_behind_the_layers_back_never_completes_under_the_old_ta
     let (cut, error) = try_send(&client, Method::GET, &url, &[])
         .await
         .expect_err("a body of other bytes under the old tag must not complete");
-    assert_eq!(cut.header(ETAG), etag_of(&old));
-    assert!(cut.body.len() < LEN, "{} bytes arrived", cut.body.len());
+    // The connection is closed before the end: after the head and some of
+    // the bytes, or (a body of one frame, held back) before the head.
+    if let Some(cut) = cut {
+        assert_eq!(cut.header(ETAG), etag_of(&old));
+        assert!(
+            cut.body.len() < LEN,
+            "{framing}: {} bytes arrived",
+            cut.body.len()
+        );
+    }
     assert!(!error.is_empty());
     assert_eq!(handle.stats().content_changed, 1);
 

@@ -41,6 +41,52 @@ fn media_bytes(name: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
+async fn the_examples_large_video_seeks_from_the_stream_and_gets_its_tag() {
+    media_server::ensure_large_video().unwrap();
+    let video = media_server::large_video();
+    assert!(
+        video.len() as u64 > DEFAULT_MAX_BUFFER,
+        "larger than the buffer"
+    );
+    let server = Running::axum(media_server::app()).await;
+    let client = client();
+    let url = server.url(&format!("/videos/{}", media_server::LARGE_VIDEO));
+
+    // A player's seek before anything is known: cut from the stream.
+    let seek = get(&client, &url, &[("range", "bytes=1000000-1000099")]).await;
+    assert_eq!(seek.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&seek.body[..], &video[1_000_000..1_000_100]);
+    assert_eq!(
+        seek.header(CONTENT_RANGE),
+        format!("bytes 1000000-1000099/{}", video.len())
+    );
+
+    // The whole file streams; the next answer and HEAD carry its tag.
+    let whole = get(&client, &url, &[]).await;
+    assert_eq!(whole.status, StatusCode::OK);
+    assert!(whole.body == video, "video differs");
+    let tag = etag_of(&video);
+    let again = get(&client, &url, &[]).await;
+    assert_eq!(again.header(ETAG), tag);
+    let head = send(&client, Method::HEAD, &url, &[]).await;
+    assert_eq!(head.header(ETAG), tag);
+
+    // Seeking with If-Range, as a player resuming does.
+    let resume = get(
+        &client,
+        &url,
+        &[("range", "bytes=20000000-"), ("if-range", &tag)],
+    )
+    .await;
+    assert_eq!(resume.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&resume.body[..], &video[20_000_000..]);
+    let revalidated = get(&client, &url, &[("if-none-match", &tag)]).await;
+    assert_eq!(revalidated.status, StatusCode::NOT_MODIFIED);
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn media_file_on_axum_gets_content_etag_and_public_max_age() {
     let server = Running::axum(media_server::app()).await;
     let client = client();

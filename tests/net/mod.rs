@@ -105,17 +105,19 @@ pub async fn send(
 ) -> Answer {
     try_send(client, method, url, headers)
         .await
-        .expect("the body arrives whole")
+        .map_err(|(_, error)| error)
+        .expect("the response arrives whole")
 }
 
-/// As [`send`], but a body cut short (the server closed the connection
-/// before its end) is an error, with the bytes that did arrive.
+/// As [`send`], but a response cut short is an error: with what arrived
+/// of it when the server closed the connection after the head, or `None`
+/// when it closed it before.
 pub async fn try_send(
     client: &HttpClient,
     method: Method,
     url: &str,
     headers: &[(&str, &str)],
-) -> Result<Answer, (Answer, String)> {
+) -> Result<Answer, (Option<Answer>, String)> {
     let mut request = Request::builder().method(method).uri(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -123,7 +125,7 @@ pub async fn try_send(
     let response = client
         .request(request.body(Empty::new()).unwrap())
         .await
-        .unwrap();
+        .map_err(|error| (None, error.to_string()))?;
     let (head, mut body) = response.into_parts();
     let mut answer = Answer {
         status: head.status,
@@ -140,7 +142,7 @@ pub async fn try_send(
             }
             Err(error) => {
                 answer.body = received.into();
-                return Err((answer, error.to_string()));
+                return Err((Some(answer), error.to_string()));
             }
         }
     }

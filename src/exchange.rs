@@ -446,7 +446,11 @@ impl Exchange {
             return None;
         }
         let hint = body.size_hint();
-        if hint.lower() > self.config.max_buffer || (want_range && self.known_to_be_large()) {
+        // A body of unknown length that the store learned to be large
+        // streams at once, rather than after reading `max_buffer` of it.
+        if hint.lower() > self.config.max_buffer
+            || (hint.exact().is_none() && self.known_to_be_large())
+        {
             return self.not_buffered(want_hash);
         }
         let mut buffered = Buffered::new();
@@ -479,8 +483,7 @@ impl Exchange {
     }
 
     /// Whether the store learned this representation over
-    /// `max_buffer_bytes`: a range of it is cut from the stream at once
-    /// rather than after reading that much first.
+    /// `max_buffer_bytes`.
     fn known_to_be_large(&self) -> bool {
         self.stored(|entry| entry.basis)
             .is_some_and(|basis| basis.len > self.config.max_buffer)

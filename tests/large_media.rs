@@ -6,110 +6,16 @@
 
 mod net;
 
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::response::IntoResponse;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, LAST_MODIFIED};
+use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG};
 use http::{Method, StatusCode};
 use net::{Running, client, etag_of, get, pseudo_random, send, try_send};
 use tower_media_cache::{CacheHandle, CachePolicy, MediaCacheLayer};
 
-const MIB: usize = 1024 * 1024;
-const LEN: usize = 48 * MIB;
-const CHUNK: usize = 64 * 1024;
-
-/// The media behind the handler, which the test may change behind the
-/// layer's back, and what the handler did.
-struct Media {
-    bytes: Mutex<Bytes>,
-    last_modified: Option<&'static str>,
-    /// Send `Content-Length` (a body of known size) instead of chunks.
-    sized: bool,
-    calls: AtomicUsize,
-    /// Bytes the handler's stream has been asked for.
-    produced: AtomicU64,
-}
-
-impl Media {
-    fn new(bytes: Bytes) -> Arc<Self> {
-        Arc::new(Self {
-            bytes: Mutex::new(bytes),
-            last_modified: None,
-            sized: false,
-            calls: AtomicUsize::new(0),
-            produced: AtomicU64::new(0),
-        })
-    }
-
-    fn with_last_modified(bytes: Bytes) -> Arc<Self> {
-        let mut media = Arc::into_inner(Self::new(bytes)).unwrap();
-        media.last_modified = Some("Tue, 24 Nov 2026 10:00:00 GMT");
-        Arc::new(media)
-    }
-
-    fn sized(bytes: Bytes) -> Arc<Self> {
-        let mut media = Arc::into_inner(Self::new(bytes)).unwrap();
-        media.sized = true;
-        Arc::new(media)
-    }
-
-    fn set(&self, bytes: Bytes) {
-        *self.bytes.lock().unwrap() = bytes;
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn produced(&self) -> u64 {
-        self.produced.load(Ordering::SeqCst)
-    }
-}
-
-/// `/video`: the media in 64 KiB chunks, `Range` ignored.
-fn app(media: Arc<Media>, layer: MediaCacheLayer) -> Router {
-    Router::new()
-        .route(
-            "/video",
-            axum::routing::get(move || {
-                let media = media.clone();
-                async move {
-                    media.calls.fetch_add(1, Ordering::SeqCst);
-                    let bytes = media.bytes.lock().unwrap().clone();
-                    let mut response = if media.sized {
-                        Body::from(bytes).into_response()
-                    } else {
-                        let counted = media.clone();
-                        let chunks = (0..bytes.len()).step_by(CHUNK).map(move |start| {
-                            Ok::<_, Infallible>(bytes.slice(start..bytes.len().min(start + CHUNK)))
-                        });
-                        let stream = futures_util::stream::iter(chunks).inspect(move |chunk| {
-                            if let Ok(chunk) = chunk {
-                                counted
-                                    .produced
-                                    .fetch_add(chunk.len() as u64, Ordering::SeqCst);
-                            }
-                        });
-                        Body::from_stream(stream).into_response()
-                    };
-                    if let Some(date) = media.last_modified {
-                        response
-                            .headers_mut()
-                            .insert(LAST_MODIFIED, date.parse().unwrap());
-                    }
-                    response
-                }
-            }),
-        )
-        .layer(layer)
-}
+use net::media::{LEN, MIB, Media, app};
 
 fn three_days() -> MediaCacheLayer {
     MediaCacheLayer::new(CachePolicy::max_age(Duration::from_secs(259_200)))

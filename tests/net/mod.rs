@@ -2,6 +2,8 @@
 //! go over TCP.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod media;
+
 use std::future::Future;
 use std::net::SocketAddr;
 

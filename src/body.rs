@@ -240,6 +240,18 @@ pub(crate) struct Buffered<B: Body> {
 }
 
 impl<B: Body> Buffered<B> {
+    /// A whole body of `len` bytes in `chunks`, ended with `trailers`.
+    pub(crate) fn complete(chunks: VecDeque<Bytes>, len: u64, trailers: Option<HeaderMap>) -> Self {
+        Self {
+            chunks,
+            len,
+            rest: None,
+            error: None,
+            trailers,
+            reservation: None,
+        }
+    }
+
     pub(crate) fn new() -> Self {
         Self {
             chunks: VecDeque::new(),

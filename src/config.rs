@@ -40,6 +40,12 @@ pub(crate) struct Config {
     /// Bodies too large to read first are hashed as they stream, and their
     /// learned tag put on later answers (verified as they stream).
     pub(crate) hash_large: bool,
+    /// Identical `GET`s wait for the one at the inner service.
+    pub(crate) coalesce: bool,
+    /// How long a waiter waits before it calls the service itself.
+    pub(crate) coalesce_timeout: std::time::Duration,
+    /// The flights in progress, shared by every clone of the service.
+    pub(crate) flights: Arc<crate::coalesce::Flights>,
     /// Content hashes remembered by buffer identity.
     pub(crate) hash_memo: Arc<HashMemo>,
 }

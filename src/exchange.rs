@@ -5,16 +5,18 @@
 //! preconditions hold, what is learned.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{
-    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, EXPIRES, LAST_MODIFIED, RANGE, SET_COOKIE,
+    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, EXPIRES, LAST_MODIFIED, PRAGMA, RANGE,
+    SET_COOKIE,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, response};
 use http_body::Body;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::body::{Buffered, Filled, ResponseBody};
+use crate::coalesce::{self, Joined, Leader, Shared, Waiting};
 use crate::config::Config;
 use crate::fingerprint::Fingerprint;
 use crate::handle::Counter;
@@ -122,6 +124,12 @@ pub(crate) struct Exchange {
     /// the bytes it named.
     basis: Option<Basis>,
     first_seen: Option<HttpDate>,
+    /// This request leads a flight of identical `GET`s: see [`coalesce`].
+    flight: Option<Leader>,
+    /// It may lead one (unconditional, no `Range`).
+    may_lead: bool,
+    /// Until when it may wait for one.
+    wait_until: Option<Instant>,
 }
 
 impl Exchange {
@@ -158,6 +166,9 @@ impl Exchange {
             hashed: false,
             basis: None,
             first_seen: None,
+            flight: None,
+            may_lead: false,
+            wait_until: None,
         }
     }
 
@@ -554,6 +565,8 @@ impl Exchange {
         read: Buffered<B>,
         hasher: Option<ContentHasher>,
     ) -> Response<ResponseBody<B>> {
+        // Not shared (not buffered): waiters go to the service.
+        self.flight = None;
         let hash = match hasher {
             _ if !self.wants_hash() => None,
             _ if !self.config.hash_large => {
@@ -780,6 +793,8 @@ impl Exchange {
         mut head: response::Parts,
         source: Source<B>,
     ) -> Response<ResponseBody<B>> {
+        // Waiters get this answer, or (dropped) go to the service.
+        let flight = self.flight.take();
         if self.passes {
             return Response::from_parts(head, source.into_body());
         }
@@ -787,6 +802,11 @@ impl Exchange {
             (self.is_get() || self.hashed) && head.status == StatusCode::OK && source.is_complete();
         if learnable && self.synthesize_last_modified {
             self.synthesize_last_modified(&mut head.headers);
+        }
+        if let (Some(leader), Source::Buffered(buffered)) = (flight, &source)
+            && let Some(shared) = self.shareable(&head, buffered)
+        {
+            leader.publish(shared);
         }
         if let Some(answer) = self.judge_answer(&head.headers, learnable, false) {
             return answer;
@@ -933,6 +953,115 @@ impl Exchange {
                 .unwrap_or_else(|| HttpDate::from_system_time(self.now)),
             basis: self.basis,
         }
+    }
+
+    /// Whether this request may be answered from an identical one's
+    /// response, as a shared cache could answer it (RFC 9111 §3, §5.2.1):
+    /// a `GET` that the store may answer (no credentials unless the policy
+    /// is `public`), whose client did not ask for a fresh answer
+    /// (`Cache-Control: no-cache`/`no-store`, `Pragma: no-cache`, §5.2.1.4
+    /// and §5.4).
+    fn may_share(&self) -> bool {
+        if !(self.config.coalesce && self.is_get() && self.store_allowed) {
+            return false;
+        }
+        let asked = Directives::parse(&self.request_headers);
+        let pragma_no_cache = crate::headers::list_members(self.request_headers.get_all(PRAGMA))
+            .any(|member| member.eq_ignore_ascii_case(b"no-cache"));
+        !(asked.no_cache || asked.no_store || pragma_no_cache)
+    }
+
+    /// Joins the flight of identical `GET`s at the inner service, or leads
+    /// one; `sent` is the request as the service gets it. `Some` is the
+    /// wait; `None`, call the service (as the leader, or alone).
+    pub(crate) fn coalesce<ReqBody>(&mut self, sent: &Request<ReqBody>) -> Option<Waiting> {
+        if !self.may_share() {
+            return None;
+        }
+        let headers = sent.headers();
+        self.may_lead = !headers.contains_key(RANGE)
+            && preconditions::FIELDS
+                .iter()
+                .all(|name| !headers.contains_key(name));
+        self.wait_until = Some(Instant::now() + self.config.coalesce_timeout);
+        self.join(&[])
+    }
+
+    /// After a wait that gave no answer for this request (the leader's
+    /// answer is another variant, or none): wait for the flight of this
+    /// request's variant under `vary`, lead it, or call the service alone.
+    pub(crate) fn rejoin(&mut self, vary: &[http::HeaderName]) -> Option<Waiting> {
+        if self.wait_until.is_some_and(|until| Instant::now() >= until) {
+            return None;
+        }
+        self.join(vary)
+    }
+
+    fn join(&mut self, vary: &[http::HeaderName]) -> Option<Waiting> {
+        let key = self.selecting().encode(vary, store::MAX_SELECTOR_BYTES)?;
+        match self.config.flights.join(key, self.may_lead, self.epoch)? {
+            Joined::Lead(leader) => {
+                self.flight = Some(leader);
+                None
+            }
+            Joined::Wait(landing) => {
+                let left = self.wait_until.map_or(Duration::ZERO, |until| {
+                    until.saturating_duration_since(Instant::now())
+                });
+                Some(coalesce::wait(landing, left))
+            }
+        }
+    }
+
+    /// The leader's answer as waiters may share it: a complete `200` the
+    /// store could keep, with the `Vary`'d values of the leader's request.
+    fn shareable<B: Body>(&self, head: &response::Parts, read: &Buffered<B>) -> Option<Shared> {
+        if head.status != StatusCode::OK || !read.is_complete() || !self.may_learn(&head.headers) {
+            return None;
+        }
+        let vary = crate::key::vary_names(&head.headers)?;
+        let selector = self.selecting().encode(&vary, store::MAX_SELECTOR_BYTES)?;
+        Some(Shared {
+            status: head.status,
+            version: head.version,
+            headers: head.headers.clone(),
+            chunks: read.chunks.clone(),
+            len: read.len,
+            trailers: read.trailers.clone(),
+            vary,
+            selector,
+            expires_after: self.expires_after,
+        })
+    }
+
+    /// A waiter's answer from its leader's response, judged by this
+    /// request's own preconditions and `Range`; `None` when the response is
+    /// of another variant (its `Vary`'d fields differ).
+    pub(crate) fn answer_shared<B: Body>(
+        &mut self,
+        shared: &Shared,
+    ) -> Option<Response<ResponseBody<B>>> {
+        if !self.selecting().matches(&shared.vary, &shared.selector) {
+            return None;
+        }
+        self.now = (self.config.clock)();
+        let (mut head, ()) = Response::new(()).into_parts();
+        head.status = shared.status;
+        head.version = shared.version;
+        head.headers = shared.headers.clone();
+        build::refresh_dates(&mut head.headers, shared.expires_after, self.now);
+        self.validators = Validators::from_headers(&head.headers);
+        self.directives = Directives::parse(&head.headers);
+        self.count(Counter::Coalesced);
+        tracing::debug!(
+            key = self.key(),
+            "answered from an identical request's response"
+        );
+        if let Some(answer) = self.judge_answer(&head.headers, false, false) {
+            return Some(answer);
+        }
+        let read = Buffered::complete(shared.chunks.clone(), shared.len, shared.trailers.clone());
+        Some(self.serve(head, Source::Buffered(read)))
     }
 }
 

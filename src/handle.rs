@@ -90,6 +90,10 @@ counters! {
     content_changed => ContentChanged,
     /// `206` answers the layer cut from a body streaming past.
     ranges_cut_from_stream => RangesCutFromStream,
+    /// Requests answered from the response to an identical request that
+    /// was at the inner service when they came (a `200`, `206`, `304` or
+    /// `412` for each, by its own headers), without calling it.
+    coalesced => Coalesced,
     /// Requests that a trusted entry would have answered but that went to
     /// the inner service because the invalidation bus was disconnected.
     bus_disconnected_fallbacks => BusDisconnectedFallbacks,

@@ -1,6 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::Method;
 use tower_layer::Layer;
@@ -21,6 +21,9 @@ pub const DEFAULT_BUFFER_BUDGET: u64 = 256 * 1024 * 1024;
 /// Default number of bytes of response buffers the hash memo keeps alive
 /// (64 MiB): see [`MediaCacheLayer::hash_memo_bytes`].
 pub const DEFAULT_HASH_MEMO_BYTES: u64 = 64 * 1024 * 1024;
+/// Default time a request waits for an identical one at the inner service
+/// (5 s): see [`MediaCacheLayer::coalesce_timeout`].
+pub const DEFAULT_COALESCE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of bytes the validator store keeps (64 MiB).
 pub const DEFAULT_STORE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 /// What [`MediaCacheLayer::store_capacity`] used to count: the bytes an
@@ -77,6 +80,9 @@ impl MediaCacheLayer {
                 verify_writes: true,
                 learn_head: true,
                 hash_large: true,
+                coalesce: true,
+                coalesce_timeout: DEFAULT_COALESCE_TIMEOUT,
+                flights: crate::coalesce::Flights::new(),
                 hash_memo: Arc::new(HashMemo::new(DEFAULT_HASH_MEMO_BYTES)),
             }),
         }
@@ -208,6 +214,49 @@ impl MediaCacheLayer {
     /// as in earlier versions. Ranges are cut from them either way.
     pub fn hash_large_bodies(mut self, hash: bool) -> Self {
         self.config().hash_large = hash;
+        self
+    }
+
+    /// Whether a burst of identical `GET`s costs one call of the service
+    /// (default `true`). While a `GET` for a representation is at the inner
+    /// service, further `GET`s for the same one (same target, authority and,
+    /// once the answer names them, `Vary`'d values) wait for it and are
+    /// answered from its response: the same status, headers and bytes
+    /// (`Bytes` clones of the frames the layer buffered), each with its own
+    /// `Date`, each judged against its own preconditions and `Range` (304,
+    /// 412 and 206 as the service's answer would give it).
+    ///
+    /// Only what a shared cache could share is coalesced:
+    ///
+    /// * a request leads a flight only when it is unconditional and has no
+    ///   `Range`; any `GET` that would call the service may wait for one;
+    /// * never requests with `Authorization` or `Cookie` unless the policy
+    ///   is `public`, nor requests whose client asks for a fresh answer
+    ///   (`Cache-Control: no-cache` or `no-store`, `Pragma: no-cache`);
+    /// * only a complete `200` the layer buffered (up to
+    ///   [`max_buffer_bytes`](Self::max_buffer_bytes), within the
+    ///   [budget](Self::buffer_budget)) without `Set-Cookie`, `private`,
+    ///   `no-store` or `Vary: *`. Any other answer — an error, a redirect, a
+    ///   404, a body streamed because it is large — is not handed to the
+    ///   waiters: they go to the service (the first that may lead a flight
+    ///   does, the others wait for it), so nobody gets another request's
+    ///   5xx. The same happens when the leader's client disconnects.
+    /// * A waiter whose `Vary`'d fields differ from the leader's waits for
+    ///   (or leads) a flight of its own variant.
+    ///
+    /// [`Stats::coalesced`](crate::Stats::coalesced) counts the requests
+    /// answered so. Needs Tokio's timer (`#[tokio::main]` and
+    /// `Runtime::new` enable it) for [`coalesce_timeout`](Self::coalesce_timeout).
+    pub fn coalesce(mut self, coalesce: bool) -> Self {
+        self.config().coalesce = coalesce;
+        self
+    }
+
+    /// How long a request waits for an identical one at the inner service
+    /// (default 5 s, [`DEFAULT_COALESCE_TIMEOUT`]) before it calls the
+    /// service itself.
+    pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
+        self.config().coalesce_timeout = timeout;
         self
     }
 

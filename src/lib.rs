@@ -52,6 +52,7 @@
 mod body;
 pub mod bus;
 mod classify;
+mod coalesce;
 mod config;
 mod exchange;
 pub mod fingerprint;
@@ -81,7 +82,7 @@ pub use future::ResponseFuture;
 pub use handle::{CacheHandle, Stats};
 pub use headers::{EntityTag, InvalidEntityTag};
 pub use layer::{
-    DEFAULT_BUFFER_BUDGET, DEFAULT_HASH_MEMO_BYTES, DEFAULT_MAX_BUFFER,
+    DEFAULT_BUFFER_BUDGET, DEFAULT_COALESCE_TIMEOUT, DEFAULT_HASH_MEMO_BYTES, DEFAULT_MAX_BUFFER,
     DEFAULT_STORE_CAPACITY_BYTES, MediaCacheLayer,
 };
 pub use policy::{CachePolicy, Probe, ProbeFuture, Trust};

@@ -72,15 +72,14 @@ pub(crate) fn from_entry<B>(entry: &crate::store::Entry, now: SystemTime, body: 
     not_modified(entry.headers.clone(), entry.expires_after, now, body)
 }
 
-/// `304 Not Modified` with the given header set, a fresh `Date` and, when
-/// the policy made `Expires` relative to the response time, a fresh
-/// `Expires`.
-pub(crate) fn not_modified<B>(
-    mut headers: HeaderMap,
+/// A fresh `Date` on a header set the layer repeats (a stored 304's, a
+/// coalesced 200's) — in place when it is the first field — and, when the
+/// policy made `Expires` relative to the response time, a fresh `Expires`.
+pub(crate) fn refresh_dates(
+    headers: &mut HeaderMap,
     expires_after: Option<std::time::Duration>,
     now: SystemTime,
-    body: B,
-) -> Response<B> {
+) {
     let date = date_value(now);
     match headers.iter_mut().next() {
         Some((name, value)) if name == DATE => *value = date,
@@ -94,6 +93,18 @@ pub(crate) fn not_modified<B>(
             HttpDate::from_system_time(crate::headers::add_saturating(now, after)).header_value(),
         );
     }
+}
+
+/// `304 Not Modified` with the given header set, a fresh `Date` and, when
+/// the policy made `Expires` relative to the response time, a fresh
+/// `Expires`.
+pub(crate) fn not_modified<B>(
+    mut headers: HeaderMap,
+    expires_after: Option<std::time::Duration>,
+    now: SystemTime,
+    body: B,
+) -> Response<B> {
+    refresh_dates(&mut headers, expires_after, now);
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::NOT_MODIFIED;
     *response.headers_mut() = headers;

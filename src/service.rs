@@ -99,8 +99,11 @@ where
                 ResponseFuture::calling(self.hold(request), exchange)
             }
             Decision::Call(plan) => {
-                let exchange = plan.begin(&self.config, &mut request, now);
-                ResponseFuture::inner(self.inner.call(request), exchange)
+                let mut exchange = plan.begin(&self.config, &mut request, now);
+                match exchange.coalesce(&request) {
+                    Some(waiting) => ResponseFuture::waiting(waiting, self.hold(request), exchange),
+                    None => ResponseFuture::inner(self.inner.call(request), exchange),
+                }
             }
         }
     }

@@ -12,6 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::body::{Buffered, ResponseBody};
+use crate::coalesce::Waiting;
 use crate::exchange::Exchange;
 use crate::inner::Pending;
 use crate::policy::ProbeFuture;
@@ -61,6 +62,9 @@ pin_project! {
         Calling { held: Option<Held<F>>, call: Option<Call<B>> },
         // The inner service is answering.
         Inner { #[pin] future: F, held: Option<Held<F>> },
+        // An identical GET is at the inner service: its answer, or a turn
+        // to call the service (see `coalesce`).
+        Waiting { waiting: Waiting, held: Option<Held<F>> },
         // Its body is read (and hashed) before the head is sent.
         Buffering { reading: Option<Box<Reading<B>>> },
     }
@@ -143,6 +147,12 @@ impl<F, B: Body> ResponseFuture<F, B> {
         Self::with(State::Calling { held, call }, Some(exchange))
     }
 
+    /// An identical request is at the service: wait for its answer.
+    pub(crate) fn waiting(waiting: Waiting, held: Held<F>, exchange: Exchange) -> Self {
+        let held = Some(held);
+        Self::with(State::Waiting { waiting, held }, Some(exchange))
+    }
+
     /// The probe is asked first.
     pub(crate) fn probing(probe: ProbeFuture, held: Held<F>, exchange: Exchange) -> Self {
         let held = Some(held);
@@ -218,6 +228,10 @@ where
                     }
                     let call = call.take().expect("called once");
                     steps::call(held, call)
+                }
+                StateProj::Waiting { waiting, held } => {
+                    let landed = ready!(waiting.as_mut().poll(cx));
+                    steps::landed(exchange(this.exchange), landed, held.take())
                 }
                 StateProj::Inner { future, held } => {
                     let (head, body) = ready!(future.poll(cx))?.into_parts();

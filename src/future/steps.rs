@@ -8,6 +8,7 @@ use http_body::Body;
 
 use super::{Answered, Call, Held, Reading, State};
 use crate::body::Buffered;
+use crate::coalesce::Landed;
 use crate::exchange::{Exchange, Outcome, Plan, Source};
 use crate::handle::Counter;
 use crate::policy::ProbeFuture;
@@ -163,6 +164,35 @@ pub(super) fn read<F, B: Body>(exchange: &mut Exchange, reading: Reading<B>) -> 
     exchange.settle_fingerprint(&mut head.headers, hash.as_ref());
     State::Ready {
         response: Some(exchange.finish(head, Source::Buffered(buffered))),
+    }
+}
+
+/// A wait for an identical request's answer ended: answered from it, or
+/// (another variant, none, too late) wait for another flight, lead one,
+/// or call the service alone.
+pub(super) fn landed<F: Future, B: Body>(
+    exchange: &mut Exchange,
+    landed: Landed,
+    held: Option<Held<F>>,
+) -> State<F, B> {
+    let waiting = match landed {
+        Landed::Shared(shared) => match exchange.answer_shared(&shared) {
+            Some(response) => {
+                return State::Ready {
+                    response: Some(response),
+                };
+            }
+            None => exchange.rejoin(&shared.vary),
+        },
+        Landed::Abandoned => exchange.rejoin(&[]),
+        Landed::TimedOut => None,
+    };
+    match waiting {
+        Some(waiting) => State::Waiting { waiting, held },
+        None => State::Calling {
+            held,
+            call: Some(Call::Request { strip_range: false }),
+        },
     }
 }
 

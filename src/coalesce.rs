@@ -33,8 +33,11 @@ const STRIPES: usize = 64;
 /// (target, authority and, when the leader's answer named them, the values
 /// of its `Vary`'d fields).
 pub(crate) struct Flights {
-    stripes: Box<[Mutex<HashMap<Box<[u8]>, Flight>>]>,
+    stripes: Box<[Mutex<Stripe>]>,
 }
+
+/// The flights of one stripe, by selector.
+type Stripe = HashMap<Box<[u8]>, Flight>;
 
 /// A flight: where its waiters learn its answer, and the invalidation
 /// epoch its leader started in.
@@ -99,7 +102,7 @@ impl Flights {
         })
     }
 
-    fn stripe(&self, key: &[u8]) -> &Mutex<HashMap<Box<[u8]>, Flight>> {
+    fn stripe(&self, key: &[u8]) -> &Mutex<Stripe> {
         let hash = twox_hash::XxHash3_64::oneshot(key);
         &self.stripes[(hash % STRIPES as u64) as usize]
     }

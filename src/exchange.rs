@@ -24,6 +24,7 @@ use crate::range::{self, RangeDecision};
 use crate::response as build;
 use crate::rules::RouteMatch;
 use crate::store::{self, Entry, Found};
+use crate::tags::{CacheTags, Tags};
 use crate::validators::{self, ContentHasher, Validators};
 use crate::write::Current;
 
@@ -101,6 +102,8 @@ pub(crate) struct Exchange {
     /// body, too): its validators are the `GET`'s.
     hashed: bool,
     first_seen: Option<HttpDate>,
+    /// The answer's cache tags (policy's and response's), rendered.
+    tags: Tags,
 }
 
 impl Exchange {
@@ -136,6 +139,7 @@ impl Exchange {
             validators: Validators::new(),
             hashed: false,
             first_seen: None,
+            tags: Tags::default(),
         }
     }
 
@@ -352,6 +356,7 @@ impl Exchange {
     fn adopt_policy(&mut self, head: &mut response::Parts) -> bool {
         let config = self.config.clone();
         let chosen = head.extensions.remove::<CachePolicy>();
+        let own_tags = head.extensions.remove::<CacheTags>();
         let policy = match &chosen {
             Some(policy) => policy,
             None => config.rules.response_policy(self.route, &head.headers),
@@ -359,6 +364,7 @@ impl Exchange {
         if head.status.is_success() || head.status == StatusCode::NOT_MODIFIED {
             let applied = build::apply_policy(&mut head.headers, policy, self.now);
             self.expires_after = policy.expires_after().filter(|_| applied);
+            self.tags = crate::tags::emit(&mut head.headers, policy, own_tags, &config);
         }
         if !head.status.is_success() {
             return false;
@@ -694,6 +700,7 @@ impl Exchange {
                 .first_seen
                 .or_else(|| self.validators.last_modified_date())
                 .unwrap_or_else(|| HttpDate::from_system_time(self.now)),
+            tags: self.tags.clone(),
         };
         // Refusals are counted and traced by the store.
         let _ = self

@@ -63,11 +63,13 @@ mod key;
 mod layer;
 mod policy;
 pub mod preconditions;
+pub mod purge;
 mod range;
 mod response;
 mod rules;
 mod service;
 mod store;
+pub mod tags;
 mod validators;
 mod write;
 
@@ -86,4 +88,5 @@ pub use layer::{
 pub use policy::{CachePolicy, Probe, ProbeFuture, Trust};
 pub use range::MAX_RANGES;
 pub use service::MediaCache;
+pub use tags::{CacheTags, TagHeader};
 pub use validators::{Validators, content_etag};

@@ -179,7 +179,9 @@ impl CacheHandle {
     /// anything was stored.
     ///
     /// With an [invalidation bus](crate::bus), the other replicas are told
-    /// too, before this returns (queued on the bus).
+    /// too, before this returns (queued on the bus); with a
+    /// [purger](crate::MediaCacheLayer::purger), the front tier (queued,
+    /// purged in the background).
     pub fn invalidate(&self, uri: &str) -> bool {
         match uri.parse::<Uri>() {
             Ok(parsed) => self.store.invalidate(parsed.path()),
@@ -190,7 +192,7 @@ impl CacheHandle {
     /// Forgets every resource whose path starts with `prefix` (for example
     /// `/media/`), both compared in their normalised spelling; a prefix that
     /// ends with `/` also covers the directory itself. Costs a walk over the
-    /// store.
+    /// store. Told to the bus and the purger as [`invalidate`](Self::invalidate) is.
     pub fn invalidate_prefix(&self, prefix: &str) {
         self.store.invalidate_prefix(prefix);
     }

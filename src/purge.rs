@@ -25,7 +25,7 @@
 //!
 //! | invalidation | request | effect in Varnish |
 //! |---|---|---|
-//! | URL `/media/a.jpg` | `PURGE /media/a.jpg` for each [host](VarnishPurger::host) | the object of that exact URL (every `Vary` variant) |
+//! | URL `/media/a.jpg` | `PURGE /media/a.jpg` for each [host] | the object of that exact URL (every `Vary` variant) |
 //! | tag `album:7` | `PURGE /` with `xkey: album:7` | every object whose `xkey` header named the tag |
 //! | prefix `/media/` | `BAN /` with `x-ban-url: ^/media(/\|[?]\|$)` | a lurker-friendly ban on the URL the VCL stored |
 //! | clear | `BAN /` with `x-ban-url: ^` | every object |
@@ -103,6 +103,7 @@
 //! [`Stats::purged`]: crate::Stats::purged
 //! [`Stats::purge_retries`]: crate::Stats::purge_retries
 //! [`Stats::purge_failures`]: crate::Stats::purge_failures
+#![cfg_attr(feature = "varnish", doc = "[host]: VarnishPurger::host")]
 #![cfg_attr(
     not(feature = "varnish"),
     doc = "[`VarnishPurger`]: https://docs.rs/tower-media-cache/latest/tower_media_cache/purge/struct.VarnishPurger.html\n\

@@ -84,6 +84,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -402,6 +403,9 @@ pub(crate) struct TagIndex {
     postings: Mutex<HashMap<Tag, HashSet<u64>>>,
     /// Groups evicted with their tags, not yet taken out of `postings`.
     evicted: Mutex<Vec<(u64, Tags)>>,
+    /// Whether `evicted` may hold something: a learn without evictions
+    /// then takes no lock at all.
+    pending: AtomicBool,
 }
 
 impl fmt::Debug for TagIndex {
@@ -427,6 +431,10 @@ impl TagIndex {
 
     /// Records that group `key` carries `tags` (after it is in the map).
     pub(crate) fn add<'a>(&self, key: u64, tags: impl Iterator<Item = &'a Tag>) {
+        let mut tags = tags.peekable();
+        if tags.peek().is_none() {
+            return;
+        }
         let mut postings = self.lock();
         for tag in tags {
             postings.entry(tag.clone()).or_default().insert(key);
@@ -435,6 +443,10 @@ impl TagIndex {
 
     /// Records that group `key` no longer carries `tags`.
     pub(crate) fn remove<'a>(&self, key: u64, tags: impl Iterator<Item = &'a Tag>) {
+        let mut tags = tags.peekable();
+        if tags.peek().is_none() {
+            return;
+        }
         let mut postings = self.lock();
         for tag in tags {
             Self::unpost(&mut postings, tag, key);
@@ -466,12 +478,16 @@ impl TagIndex {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((key, tags));
+        self.pending.store(true, Ordering::Release);
     }
 
     /// Takes the queued evictions out of the index: each tag of an evicted
     /// group is unposted unless the group now in the map under that key
     /// (`current`, a newer one) carries it.
     pub(crate) fn settle(&self, current: impl Fn(u64) -> Option<Tags>) {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
         let evicted = std::mem::take(&mut *self.evicted.lock().unwrap_or_else(|e| e.into_inner()));
         if evicted.is_empty() {
             return;

@@ -519,12 +519,15 @@ impl Store {
         self.map.insert(key.hash(), resource);
         // The index follows the map: the replaced group's tags that the new
         // one lacks go, the new one's come (after the insert, so a
-        // concurrent settling sees the group that carries them).
-        if let Some(old) = &existing_tags {
-            self.tags
-                .remove(key.hash(), old.iter().filter(|t| !tags.contains(t)));
+        // concurrent settling sees the group that carries them). The same
+        // tags again (the usual re-learn) are posted already.
+        if existing_tags.as_ref() != Some(&tags) {
+            if let Some(old) = &existing_tags {
+                self.tags
+                    .remove(key.hash(), old.iter().filter(|t| !tags.contains(t)));
+            }
+            self.tags.add(key.hash(), tags.iter());
         }
-        self.tags.add(key.hash(), tags.iter());
         self.settle_evictions();
         self.counters.bump(Counter::Learned);
         tracing::debug!(uri = %request.uri(), "validator learned");

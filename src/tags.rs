@@ -85,7 +85,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -149,9 +149,27 @@ where
     out
 }
 
-/// A set of rendered tags, cheap to clone.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub(crate) struct Tags(Arc<[Tag]>);
+/// A set of rendered tags, cheap to clone (`None`: none, no allocation).
+#[derive(Clone, Default)]
+pub(crate) struct Tags(Option<Arc<TagList>>);
+
+struct TagList {
+    tags: Box<[Tag]>,
+    /// The whole list as a tag header's value, space- and comma-separated,
+    /// made at first use; `None` inside when it is over the header limit.
+    joined: [OnceLock<Option<HeaderValue>>; 2],
+}
+
+impl PartialEq for Tags {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a.tags == b.tags,
+            (a, b) => a.is_none() && b.is_none(),
+        }
+    }
+}
+
+impl Eq for Tags {}
 
 impl Tags {
     pub(crate) fn new<I>(tags: I) -> Self
@@ -159,47 +177,75 @@ impl Tags {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        Self(render_all(tags).into())
+        Self::from_vec(render_all(tags))
+    }
+
+    fn from_vec(tags: Vec<Tag>) -> Self {
+        if tags.is_empty() {
+            return Self(None);
+        }
+        Self(Some(Arc::new(TagList {
+            tags: tags.into_boxed_slice(),
+            joined: Default::default(),
+        })))
+    }
+
+    fn as_slice(&self) -> &[Tag] {
+        self.0.as_ref().map_or(&[], |list| &list.tags)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Tag> {
-        self.0.iter()
+        self.as_slice().iter()
     }
 
     pub(crate) fn contains(&self, tag: &str) -> bool {
-        self.0.iter().any(|t| &**t == tag)
+        self.iter().any(|t| &**t == tag)
     }
 
     /// These tags then `more`'s, without duplicates.
     pub(crate) fn merged(&self, more: &Tags) -> Tags {
-        if more.is_empty() {
+        if more.is_empty() || *self == *more {
             return self.clone();
         }
         if self.is_empty() {
             return more.clone();
         }
-        let mut all = self.0.to_vec();
+        let mut all = self.as_slice().to_vec();
         for tag in more.iter() {
             if !all.contains(tag) {
                 all.push(tag.clone());
             }
         }
-        Tags(all.into())
+        Self::from_vec(all)
+    }
+
+    /// All the tags joined by `separator` (`" "` or `","`), when that fits
+    /// in a header; kept for the next response with the same tags.
+    fn joined(&self, separator: &'static str) -> Option<HeaderValue> {
+        let list = self.0.as_ref()?;
+        let slot = &list.joined[usize::from(separator != " ")];
+        slot.get_or_init(|| {
+            let value = list.tags.join(separator);
+            (value.len() <= MAX_TAG_HEADER_BYTES)
+                .then(|| HeaderValue::from_str(&value).ok())
+                .flatten()
+        })
+        .clone()
     }
 
     /// The bytes these tags hold (the slice and each string), estimated.
     pub(crate) fn weight(&self) -> usize {
-        self.0.iter().map(|t| TAG_OVERHEAD + t.len()).sum()
+        self.iter().map(|t| TAG_OVERHEAD + t.len()).sum()
     }
 }
 
 impl fmt::Debug for Tags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.0.iter()).finish()
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -328,6 +374,12 @@ impl TagHeader {
     /// many tags did not fit in [`MAX_TAG_HEADER_BYTES`].
     pub(crate) fn write(&self, headers: &mut HeaderMap, tags: &Tags) -> usize {
         if tags.is_empty() {
+            return 0;
+        }
+        if !headers.contains_key(&self.name)
+            && let Some(joined) = tags.joined(self.separator)
+        {
+            headers.insert(self.name.clone(), joined);
             return 0;
         }
         let mut value: Vec<u8> = Vec::new();

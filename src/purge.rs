@@ -15,7 +15,9 @@
 //! backoff up to [`PurgeSettings::attempts`] in all. Nothing on the request
 //! path waits for it. [`Stats::purged`], [`Stats::purge_retries`] and
 //! [`Stats::purge_failures`] count the outcomes; a purge given up is logged
-//! at `warn`.
+//! at `warn`. The runtime needs its time driver (`#[tokio::main]` and
+//! `Runtime::new` enable it) for the timeouts and the backoff; an
+//! invalidation made outside any runtime is counted as a failed purge.
 //!
 //! # Varnish
 //!

@@ -46,6 +46,12 @@
 //! indexed, so [`CacheHandle::invalidate_tag`] still drops the layer's own
 //! entries and still purges them by tag.
 //!
+//! Tags count in the weight of the entry that carries them: an answer
+//! whose tags and stored headers weigh more than an entry may (64 KiB) is
+//! not learned ([`Stats::not_learned_too_large`](crate::Stats::not_learned_too_large)),
+//! so the store never answers for it. Duplicates are dropped in linear
+//! time, however many tags a service sets.
+//!
 //! Tags name your content, and may name your users (`owner:42`): keep them
 //! from the public. Fastly and Cloudflare strip `Surrogate-Key` and
 //! `Cache-Tag` before delivering; with Varnish, `unset resp.http.xkey` in
@@ -138,15 +144,41 @@ where
     I: IntoIterator,
     I::Item: AsRef<str>,
 {
-    let mut out: Vec<Tag> = Vec::new();
+    let mut out = Unique::default();
     for tag in tags {
-        if let Some(tag) = render(tag.as_ref())
-            && !out.contains(&tag)
-        {
+        if let Some(tag) = render(tag.as_ref()) {
             out.push(tag);
         }
     }
-    out
+    out.list
+}
+
+/// A list of tags without duplicates, in order: a linear scan while it is
+/// short, a hash set beside it once it is long (however many tags a
+/// service sets, never quadratic).
+#[derive(Default)]
+struct Unique {
+    list: Vec<Tag>,
+    seen: HashSet<Tag>,
+}
+
+impl Unique {
+    const SCAN: usize = 16;
+
+    fn push(&mut self, tag: Tag) {
+        if self.list.len() < Self::SCAN {
+            if !self.list.contains(&tag) {
+                self.list.push(tag);
+            }
+            return;
+        }
+        if self.seen.is_empty() {
+            self.seen.extend(self.list.iter().cloned());
+        }
+        if self.seen.insert(tag.clone()) {
+            self.list.push(tag);
+        }
+    }
 }
 
 /// A set of rendered tags, cheap to clone (`None`: none, no allocation).
@@ -214,13 +246,11 @@ impl Tags {
         if self.is_empty() {
             return more.clone();
         }
-        let mut all = self.as_slice().to_vec();
-        for tag in more.iter() {
-            if !all.contains(tag) {
-                all.push(tag.clone());
-            }
+        let mut all = Unique::default();
+        for tag in self.iter().chain(more.iter()) {
+            all.push(tag.clone());
         }
-        Self::from_vec(all)
+        Self::from_vec(all.list)
     }
 
     /// All the tags joined by `separator` (`" "` or `","`), when that fits
@@ -619,6 +649,17 @@ mod tests {
             merged.iter().map(|t| &**t).collect::<Vec<_>>(),
             ["b", "a", "c"]
         );
+    }
+
+    #[test]
+    fn many_tags_are_deduplicated_in_linear_time() {
+        let n = 200_000;
+        let tags = Tags::new((0..n).chain(0..n).map(|i| format!("t{i}")));
+        assert_eq!(tags.iter().count(), n);
+        assert_eq!(&**tags.iter().nth(n - 1).unwrap(), format!("t{}", n - 1));
+        let merged = tags.merged(&Tags::new((n - 10..n + 10).map(|i| format!("t{i}"))));
+        assert_eq!(merged.iter().count(), n + 10);
+        assert_eq!(&**merged.iter().last().unwrap(), format!("t{}", n + 9));
     }
 
     #[test]

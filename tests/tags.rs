@@ -138,6 +138,33 @@ async fn odd_tags_are_encoded_huge_ones_hashed_and_the_header_bounded() {
 }
 
 #[tokio::test]
+async fn a_response_with_a_hundred_thousand_tags_is_served_bounded_and_not_learned() {
+    let layer = MediaCacheLayer::new(trusted()).tag_header(TagHeader::cache_tag());
+    let handle = layer.handle();
+    let service = tower::Layer::layer(
+        &layer,
+        tower::service_fn(|_request: Request<()>| async {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"bytes")));
+            response
+                .extensions_mut()
+                .insert((0..100_000).map(|i| format!("t{i}")).collect::<CacheTags>());
+            Ok::<_, std::convert::Infallible>(response)
+        }),
+    );
+    let answer = send(&service, req(get("/a"))).await;
+    assert_eq!(answer.status, 200);
+    let value = answer.header("cache-tag").unwrap();
+    assert!(value.len() <= MAX_TAG_HEADER_BYTES);
+    let sent = value.split(',').count() as u64;
+    assert_eq!(handle.stats().tags_not_sent, 100_000 - sent);
+    // Its tags alone weigh more than an entry may: not learned, so the
+    // store never answers for it (and has nothing to invalidate).
+    assert_eq!(handle.stats().not_learned_too_large, 1);
+    assert_eq!(handle.stats().entries, 0);
+    assert_eq!(handle.invalidate_tag("t0"), 0);
+}
+
+#[tokio::test]
 async fn the_services_own_tag_header_is_kept_and_extended() {
     let layer =
         MediaCacheLayer::new(trusted().tags(["layer"])).tag_header(TagHeader::surrogate_key());

@@ -1,6 +1,8 @@
 //! A real Varnish with `vmod_xkey` in front of the layer, purged by
 //! [`VarnishPurger`] with the VCL the crate ships (`docs/varnish-purge.vcl`),
-//! and — with the `redis` feature — two replicas sharing a real Redis bus.
+//! and — with the `redis` feature — two replicas sharing a real Redis bus;
+//! and the purger's HTTP against a one-shot server (2xx, 403, 500, garbage,
+//! nothing).
 //!
 //! Everything runs on 127.0.0.1, on free ports, started by the test and
 //! stopped when its guard drops. A test is skipped (with a message) only
@@ -577,5 +579,66 @@ mod replicas {
         assert_eq!(after.status, 200);
         assert_eq!(after.body, V2);
         assert_eq!(db.calls(), calls + 1, "Varnish reached B");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The purger's HTTP, against a one-shot server that answers as told.
+
+/// Accepts one connection, reads the request head, answers `answer`, and
+/// returns the request it read.
+async fn one_shot(answer: &'static [u8]) -> (u16, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            request.extend_from_slice(&buf[..n]);
+        }
+        // In pieces, as a server may send it.
+        for piece in answer.chunks(5) {
+            stream.write_all(piece).await.unwrap();
+            stream.flush().await.unwrap();
+        }
+        String::from_utf8(request).unwrap()
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn the_varnish_purger_succeeds_on_2xx_only() {
+    use tower_media_cache::Invalidation;
+    use tower_media_cache::purge::Purger;
+
+    let (port, server) =
+        one_shot(b"HTTP/1.1 200 Invalidated 3 objects\r\nContent-Length: 0\r\n\r\n").await;
+    let purger = VarnishPurger::new(format!("127.0.0.1:{port}"));
+    purger
+        .purge(&Invalidation::Tag("album:7".into()))
+        .await
+        .unwrap();
+    let request = server.await.unwrap();
+    assert!(request.starts_with("PURGE / HTTP/1.1\r\n"), "{request}");
+    assert!(request.contains("\r\nxkey: album:7\r\n"), "{request}");
+
+    for (answer, expected) in [
+        (&b"HTTP/1.1 403 Forbidden\r\n\r\n"[..], "403"),
+        (b"HTTP/1.0 500 Oops\r\n\r\n", "500"),
+        (b"SSH-2.0-OpenSSH\r\n", "not an HTTP answer"),
+        (b"", "without an answer"),
+    ] {
+        let (port, server) = one_shot(answer).await;
+        let purger = VarnishPurger::new(format!("127.0.0.1:{port}"));
+        let error = purger
+            .purge(&Invalidation::Key("/a".into()))
+            .await
+            .expect_err("not a 2xx");
+        assert!(error.to_string().contains(expected), "{error}");
+        server.await.unwrap();
     }
 }

@@ -12,6 +12,10 @@
 //!   through the inner service, buffered, hashed and learned.
 //! * `inner_only`: the same GET straight to the inner service, no layer.
 //! * `stats/N`: `CacheHandle::stats()` with N entries in the store.
+//! * `tags_200/T`, `tags_304/T`: an unconditional GET (learned again) and a
+//!   revalidation (304 from the store) under a policy with T cache tags
+//!   written in `xkey`; T = 0 is the baseline. `own_tags_200/T`: the same
+//!   GET with T tags the inner service sets per response (`CacheTags`).
 //!
 //! Requests are built outside the timed section; futures are polled once
 //! with `now_or_never` (every one of them is ready at once), so no runtime
@@ -187,5 +191,83 @@ fn inner_only(bencher: Bencher) {
     let mut rng = Rng(0x0fed_cba9_8765_4321);
     bencher
         .with_inputs(|| Request::get(&paths[rng.below(PATHS)]).body(()).unwrap())
+        .bench_local_values(|request| call(&mut service, request));
+}
+
+/// A layer whose policy carries `tags` cache tags (written in `xkey`), and
+/// a service over it with the `PATHS` paths learned.
+fn tagged(
+    tags: usize,
+) -> impl Service<Request<()>, Response = Response<impl Sized>, Error = Infallible> {
+    let layer = MediaCacheLayer::new(
+        policy()
+            .trust(tower_media_cache::Trust::UntilInvalidated)
+            .tags((0..tags).map(|i| format!("album:{i}"))),
+    )
+    .tag_header(tower_media_cache::TagHeader::xkey());
+    let mut service = layer.layer(service_fn(inner));
+    for i in 0..PATHS {
+        let response = call(&mut service, Request::get(media_path(i)).body(()).unwrap());
+        assert_eq!(
+            response.headers().contains_key("xkey"),
+            tags > 0,
+            "tags written"
+        );
+    }
+    service
+}
+
+/// An unconditional GET on one of `PATHS` learned paths: through the inner
+/// service, hashed, tags written and the entry learned again (replacing
+/// the last one, its tags in the index with it). `tags` = 0 is the
+/// baseline.
+#[divan::bench(args = [0, 4, 16], sample_count = 100, min_time = 0.5, max_time = 3)]
+fn tags_200(bencher: Bencher, tags: usize) {
+    let mut service = tagged(tags);
+    let mut rng = Rng(0x0fed_cba9_8765_4321);
+    bencher
+        .with_inputs(|| Request::get(media_path(rng.below(PATHS))).body(()).unwrap())
+        .bench_local_values(|request| call(&mut service, request));
+}
+
+/// A revalidation answered 304 from the store, whose stored header set
+/// repeats the tags. `tags` = 0 is the baseline.
+#[divan::bench(args = [0, 4, 16], sample_count = 100, min_time = 0.5, max_time = 3)]
+fn tags_304(bencher: Bencher, tags: usize) {
+    let mut service = tagged(tags);
+    let before = INNER_CALLS.load(Ordering::Relaxed);
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    bencher
+        .with_inputs(|| conditional(rng.below(PATHS)))
+        .bench_local_values(|request| call(&mut service, request));
+    assert_eq!(INNER_CALLS.load(Ordering::Relaxed), before);
+}
+
+/// `tags_200` with the tags set per response by the inner service
+/// (`CacheTags` in the response's extensions, rendered on every response):
+/// `owner:{n}` and `album:{n}:{i}` style tags derived from the path.
+#[divan::bench(args = [0, 4, 16], sample_count = 100, min_time = 0.5, max_time = 3)]
+fn own_tags_200(bencher: Bencher, tags: usize) {
+    let layer = MediaCacheLayer::new(policy().trust(tower_media_cache::Trust::UntilInvalidated))
+        .tag_header(tower_media_cache::TagHeader::xkey());
+    let mut service = layer.layer(service_fn(move |request: Request<()>| {
+        let path = request.uri().path().to_owned();
+        let mut response = Response::new(Full::new(Bytes::copy_from_slice(path.as_bytes())));
+        if tags > 0 {
+            response
+                .extensions_mut()
+                .insert(tower_media_cache::CacheTags::new(
+                    (0..tags).map(|i| format!("album:{i}:{}", &path[7..15])),
+                ));
+        }
+        ready(Ok::<_, Infallible>(response))
+    }));
+    for i in 0..PATHS {
+        let response = call(&mut service, Request::get(media_path(i)).body(()).unwrap());
+        assert_eq!(response.headers().contains_key("xkey"), tags > 0);
+    }
+    let mut rng = Rng(0x0fed_cba9_8765_4321);
+    bencher
+        .with_inputs(|| Request::get(media_path(rng.below(PATHS))).body(()).unwrap())
         .bench_local_values(|request| call(&mut service, request));
 }

@@ -11,6 +11,7 @@ use crate::body::Budget;
 use crate::policy::CachePolicy;
 use crate::rules::Rules;
 use crate::store::Store;
+use crate::tags::TagHeader;
 use crate::validators::HashMemo;
 
 pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -48,6 +49,8 @@ pub(crate) struct Config {
     pub(crate) flights: Arc<crate::coalesce::Flights>,
     /// Content hashes remembered by buffer identity.
     pub(crate) hash_memo: Arc<HashMemo>,
+    /// The headers a response's cache tags are written in.
+    pub(crate) tag_headers: Vec<TagHeader>,
 }
 
 impl Config {

@@ -29,6 +29,7 @@ use crate::response as build;
 use crate::rules::RouteMatch;
 use crate::store::{self, Basis, Entry, Found};
 use crate::stream::{self, Learning, Streamed};
+use crate::tags::{CacheTags, Tags};
 use crate::validators::{self, ContentHasher, Validators};
 use crate::write::Current;
 
@@ -130,6 +131,8 @@ pub(crate) struct Exchange {
     may_lead: bool,
     /// Until when it may wait for one.
     wait_until: Option<Instant>,
+    /// The answer's cache tags (policy's and response's), rendered.
+    tags: Tags,
 }
 
 impl Exchange {
@@ -169,6 +172,7 @@ impl Exchange {
             flight: None,
             may_lead: false,
             wait_until: None,
+            tags: Tags::default(),
         }
     }
 
@@ -385,6 +389,7 @@ impl Exchange {
     fn adopt_policy(&mut self, head: &mut response::Parts) -> bool {
         let config = self.config.clone();
         let chosen = head.extensions.remove::<CachePolicy>();
+        let own_tags = head.extensions.remove::<CacheTags>();
         let policy = match &chosen {
             Some(policy) => policy,
             None => config.rules.response_policy(self.route, &head.headers),
@@ -392,6 +397,7 @@ impl Exchange {
         if head.status.is_success() || head.status == StatusCode::NOT_MODIFIED {
             let applied = build::apply_policy(&mut head.headers, policy, self.now);
             self.expires_after = policy.expires_after().filter(|_| applied);
+            self.tags = crate::tags::emit(&mut head.headers, policy, own_tags, &config);
         }
         if !head.status.is_success() {
             return false;
@@ -952,6 +958,7 @@ impl Exchange {
                 .or_else(|| self.validators.last_modified_date())
                 .unwrap_or_else(|| HttpDate::from_system_time(self.now)),
             basis: self.basis,
+            tags: self.tags.clone(),
         }
     }
 

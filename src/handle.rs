@@ -107,6 +107,17 @@ counters! {
     /// `GET`s the layer sent to the inner service to learn the current
     /// validators before letting a conditional write through.
     validator_fetches => ValidatorFetches,
+    /// Cache tags left out of a tag header because the value would have
+    /// gone over [`MAX_TAG_HEADER_BYTES`](crate::tags::MAX_TAG_HEADER_BYTES)
+    /// (still indexed: see [`tags`](crate::tags)).
+    tags_not_sent => TagsNotSent,
+    /// Purges of the front tier that its [`Purger`](crate::purge::Purger)
+    /// reported done.
+    purged => Purged,
+    /// Purge attempts that failed and were tried again.
+    purge_retries => PurgeRetries,
+    /// Purges given up: every attempt failed, or the purge queue was full.
+    purge_failures => PurgeFailures,
 }
 
 /// The counters, shared by the service, its store and its handle.
@@ -167,6 +178,7 @@ impl Counters {
 /// let handle = layer.handle();
 /// handle.invalidate("/media/AAAA.jpg");
 /// handle.invalidate_prefix("/media/");
+/// handle.invalidate_tag("album:7");
 /// assert_eq!(handle.stats().entries, 0);
 /// ```
 #[derive(Debug, Clone)]
@@ -182,7 +194,9 @@ impl CacheHandle {
     /// anything was stored.
     ///
     /// With an [invalidation bus](crate::bus), the other replicas are told
-    /// too, before this returns (queued on the bus).
+    /// too, before this returns (queued on the bus); with a
+    /// [purger](crate::MediaCacheLayer::purger), the front tier (queued,
+    /// purged in the background).
     pub fn invalidate(&self, uri: &str) -> bool {
         match uri.parse::<Uri>() {
             Ok(parsed) => self.store.invalidate(parsed.path()),
@@ -193,9 +207,24 @@ impl CacheHandle {
     /// Forgets every resource whose path starts with `prefix` (for example
     /// `/media/`), both compared in their normalised spelling; a prefix that
     /// ends with `/` also covers the directory itself. Costs a walk over the
-    /// store.
+    /// store. Told to the bus and the purger as [`invalidate`](Self::invalidate) is.
     pub fn invalidate_prefix(&self, prefix: &str) {
         self.store.invalidate_prefix(prefix);
+    }
+
+    /// Forgets every resource one of whose stored variants carries `tag`
+    /// (from [`CachePolicy::tags`](crate::CachePolicy::tags) or the
+    /// response's [`CacheTags`](crate::CacheTags); pass it as given there,
+    /// it is rendered the same way, see [`tags`](crate::tags)). Every
+    /// variant of such a path goes. Returns the number of variants removed
+    /// here; an empty tag does nothing.
+    ///
+    /// Costs a look-up in the store's tag index, not a walk. Like a prefix,
+    /// it discards what requests in flight were about to learn. With an
+    /// [invalidation bus](crate::bus), the other replicas are told too, and
+    /// with a [purger](crate::MediaCacheLayer::purger), the front tier.
+    pub fn invalidate_tag(&self, tag: &str) -> usize {
+        self.store.invalidate_tag(tag)
     }
 
     /// Forgets everything.

@@ -12,6 +12,7 @@ use crate::policy::CachePolicy;
 use crate::rules::{Rule, Rules};
 use crate::service::MediaCache;
 use crate::store::Store;
+use crate::tags::TagHeader;
 use crate::validators::HashMemo;
 
 /// Default per-response limit on bytes buffered to compute a content ETag.
@@ -84,6 +85,7 @@ impl MediaCacheLayer {
                 coalesce_timeout: DEFAULT_COALESCE_TIMEOUT,
                 flights: crate::coalesce::Flights::new(),
                 hash_memo: Arc::new(HashMemo::new(DEFAULT_HASH_MEMO_BYTES)),
+                tag_headers: Vec::new(),
             }),
         }
     }
@@ -409,6 +411,69 @@ impl MediaCacheLayer {
     /// layer or a clone of it).
     pub fn invalidation_bus<B: crate::bus::InvalidationBus>(self, bus: B) -> Self {
         self.config.store.attach_bus(Arc::new(bus));
+        self
+    }
+
+    /// Writes each response's cache tags ([`CachePolicy::tags`] and the
+    /// response's [`CacheTags`](crate::CacheTags)) in `header`, for the
+    /// front tier: [`TagHeader::surrogate_key`] (Fastly),
+    /// [`TagHeader::cache_tag`] (Cloudflare), [`TagHeader::xkey`] (Varnish),
+    /// or a header of your own. Call it again to write several headers;
+    /// the same header twice is written once. Without any, tags are only
+    /// indexed, for [`CacheHandle::invalidate_tag`].
+    ///
+    /// Tags are written on the `2xx` and `304` answers the policy applies
+    /// to, after any value the service set in that header (kept), and are
+    /// stored with the entry, so the layer's own `304`s repeat them. See
+    /// [`tags`](crate::tags) for their syntax and bounds.
+    ///
+    /// ```
+    /// use tower_media_cache::{CachePolicy, MediaCacheLayer, TagHeader};
+    ///
+    /// let layer = MediaCacheLayer::new(CachePolicy::no_cache().tags(["media"]))
+    ///     .tag_header(TagHeader::surrogate_key())
+    ///     .tag_header(TagHeader::cache_tag());
+    /// # let _ = layer;
+    /// ```
+    ///
+    /// [`CacheHandle::invalidate_tag`]: crate::CacheHandle::invalidate_tag
+    pub fn tag_header(mut self, header: TagHeader) -> Self {
+        let headers = &mut self.config().tag_headers;
+        headers.retain(|h| h.name() != header.name());
+        headers.push(header);
+        self
+    }
+
+    /// Purges the front tier with `purger` after every invalidation made
+    /// here (URL, prefix, tag, clear; not those received over the bus), with
+    /// the default [`PurgeSettings`](crate::purge::PurgeSettings): see
+    /// [`purge`](crate::purge). The purge runs on a task of the Tokio
+    /// runtime the invalidation happens on; nothing waits for it.
+    ///
+    /// Like the bus, the purger attaches to the layer's store, which every
+    /// clone of the layer and every service it made share.
+    ///
+    /// # Panics
+    ///
+    /// When the store already has a purger.
+    pub fn purger<P: crate::purge::Purger>(self, purger: P) -> Self {
+        self.purger_with(purger, crate::purge::PurgeSettings::default())
+    }
+
+    /// [`purger`](Self::purger) with settings of your own: attempts,
+    /// backoff, timeout, queue and concurrency.
+    ///
+    /// # Panics
+    ///
+    /// When the store already has a purger.
+    pub fn purger_with<P: crate::purge::Purger>(
+        self,
+        purger: P,
+        settings: crate::purge::PurgeSettings,
+    ) -> Self {
+        self.config
+            .store
+            .attach_purger(crate::purge::Purging::new(Arc::new(purger), settings));
         self
     }
 

@@ -30,6 +30,7 @@ use http::HeaderValue;
 use http::request::Parts;
 
 use crate::headers::add_saturating;
+use crate::tags::Tags;
 use crate::validators::Validators;
 
 /// How long a response may be cached and by whom: the `Cache-Control` value
@@ -50,6 +51,7 @@ pub struct CachePolicy {
     trust: Option<Trust>,
     probe: Option<Arc<dyn Probe>>,
     synthesize_last_modified: bool,
+    tags: Tags,
     rendered: HeaderValue,
 }
 
@@ -171,6 +173,7 @@ impl CachePolicy {
             trust: None,
             probe: None,
             synthesize_last_modified: false,
+            tags: Tags::default(),
             rendered: HeaderValue::from_static(""),
         };
         policy.render();
@@ -310,6 +313,33 @@ impl CachePolicy {
         self
     }
 
+    /// Cache tags every response under this policy carries, besides the
+    /// response's own [`CacheTags`](crate::CacheTags): rendered in the
+    /// [tag headers](crate::MediaCacheLayer::tag_header) and indexed, for
+    /// [`CacheHandle::invalidate_tag`](crate::CacheHandle::invalidate_tag).
+    /// Adds to the tags set before; empty tags and duplicates are dropped.
+    /// See [`tags`](crate::tags) for their syntax.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_media_cache::CachePolicy;
+    ///
+    /// let avatars = CachePolicy::max_age(Duration::from_secs(86_400)).tags(["avatars", "user-media"]);
+    /// # let _ = avatars;
+    /// ```
+    pub fn tags<I>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.tags = self.tags.merged(&Tags::new(tags));
+        self
+    }
+
+    pub(crate) fn tag_set(&self) -> &Tags {
+        &self.tags
+    }
+
     /// The rendered `Cache-Control` value.
     pub fn header_value(&self) -> &HeaderValue {
         &self.rendered
@@ -413,6 +443,7 @@ impl fmt::Debug for CachePolicy {
             .field("trust", &self.effective_trust())
             .field("probe", &self.probe.is_some())
             .field("synthesize_last_modified", &self.synthesize_last_modified)
+            .field("tags", &self.tags)
             .finish()
     }
 }

@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, Uri};
@@ -25,6 +25,8 @@ use crate::handle::{Counter, Counters};
 use crate::headers::HttpDate;
 use crate::key::{Key, Selecting, normalize_path};
 use crate::policy::TrustedUntil;
+use crate::purge::Purging;
+use crate::tags::{Tag, TagIndex, Tags, posting_weight};
 use crate::validators::Validators;
 
 /// What the store remembers of one variant of one resource.
@@ -41,6 +43,8 @@ pub(crate) struct Entry {
     /// When the ETag is the layer's content hash: what the service's own
     /// cheap validators said of the bytes it hashed.
     pub(crate) basis: Option<Basis>,
+    /// The response's cache tags, rendered.
+    pub(crate) tags: Tags,
 }
 
 /// What the service said of a representation whose content ETag the layer
@@ -69,7 +73,7 @@ impl Entry {
             .map(|(name, value)| FIELD_OVERHEAD + name.as_str().len() + value.len())
             .sum();
         let tags = self.validators.etag().map_or(0, |e| e.opaque().len() * 2);
-        (std::mem::size_of::<Self>() + ARC_OVERHEAD + fields + tags) as u64
+        (std::mem::size_of::<Self>() + ARC_OVERHEAD + fields + tags + self.tags.weight()) as u64
     }
 }
 
@@ -105,17 +109,25 @@ struct Resource {
     /// Set when a newer version of this resource replaces it: quick_cache
     /// reports replacements through the same hook as evictions.
     superseded: AtomicBool,
+    /// The tags of all its variants: its postings in the tag index, which
+    /// its weight counts.
+    tags: Tags,
 }
 
 impl Resource {
     fn new(path: Box<[u8]>, variants: Vec<Variant>) -> Self {
+        let tags = variants
+            .iter()
+            .fold(Tags::default(), |all, v| all.merged(&v.entry.tags));
         let weight = (std::mem::size_of::<Self>() + ARC_OVERHEAD + path.len()) as u64
-            + variants.iter().map(Variant::weight).sum::<u64>();
+            + variants.iter().map(Variant::weight).sum::<u64>()
+            + tags.iter().map(posting_weight).sum::<u64>();
         Self {
             path,
             variants: variants.into_boxed_slice(),
             weight,
             superseded: AtomicBool::new(false),
+            tags,
         }
     }
 
@@ -186,14 +198,18 @@ impl quick_cache::Weighter<u64, Arc<Resource>> for ByteWeight {
 }
 
 #[derive(Debug, Clone)]
-struct CountEvictions(Arc<Counters>);
+struct CountEvictions(Arc<Counters>, Arc<TagIndex>);
 
 impl quick_cache::Lifecycle<u64, Arc<Resource>> for CountEvictions {
     type RequestState = ();
 
-    fn on_evict(&self, _state: &mut (), _key: u64, resource: Arc<Resource>) {
+    fn on_evict(&self, _state: &mut (), key: u64, resource: Arc<Resource>) {
         if resource.superseded.load(Ordering::Acquire) {
             return;
+        }
+        if !resource.tags.is_empty() {
+            // The index may not be locked in here: queued, settled later.
+            self.1.evicted(key, resource.tags.clone());
         }
         self.0.add(Counter::Evicted, resource.variants.len() as u64);
         self.0.count_variants(0, resource.variants.len());
@@ -243,6 +259,10 @@ pub(crate) struct Store {
     /// The invalidation bus: while disconnected, and across a change, no
     /// entry may answer (see [`Found::may_answer`]).
     gate: Gate,
+    /// Which groups carry which tag, for [`Store::invalidate_tag`].
+    tags: Arc<TagIndex>,
+    /// Purges the front tier after each local invalidation, once attached.
+    purging: OnceLock<Purging>,
 }
 
 /// At most this many routes and paths are remembered as accepting `POST`;
@@ -297,13 +317,14 @@ impl Store {
     /// A store holding at most `capacity` bytes of entries.
     pub(crate) fn new(capacity: u64) -> Self {
         let counters = Arc::new(Counters::default());
+        let tags = Arc::new(TagIndex::default());
         let capacity = capacity.max(1);
         let map = Map::with(
             (capacity / 1024).clamp(16, 1 << 20) as usize,
             capacity,
             ByteWeight,
             quick_cache::DefaultHashBuilder::default(),
-            CountEvictions(counters.clone()),
+            CountEvictions(counters.clone(), tags.clone()),
         );
         Self {
             map,
@@ -317,6 +338,20 @@ impl Store {
             accepted_posts: Mutex::new(HashSet::new()),
             counters,
             gate: Gate::default(),
+            tags,
+            purging: OnceLock::new(),
+        }
+    }
+
+    /// Attaches the purger of the front tier: every invalidation made here
+    /// (not those received from other replicas) is handed to it too.
+    ///
+    /// # Panics
+    ///
+    /// When the store already has a purger.
+    pub(crate) fn attach_purger(&self, purging: Purging) {
+        if self.purging.set(purging).is_err() {
+            panic!("this validator store already has a purger");
         }
     }
 
@@ -353,17 +388,32 @@ impl Store {
                 self.invalidate_here(Key::of_path(path.as_bytes()));
             }
             Invalidation::Prefix(prefix) => self.invalidate_prefix_here(prefix),
+            Invalidation::Tag(tag) => {
+                self.invalidate_tag_here(tag);
+            }
             Invalidation::Clear => self.clear_here(),
         }
     }
 
+    /// Tells the other replicas (the bus) and the front tier (the purger)
+    /// about a local invalidation. Neither blocks: both queue.
     fn publish(&self, invalidation: Invalidation) {
+        if let Some(purging) = self.purging.get() {
+            purging.send(&invalidation, &self.counters);
+        }
         self.gate.publish(invalidation);
     }
 
     /// Changes how many bytes the store keeps, evicting if it shrinks.
     pub(crate) fn set_capacity(&self, bytes: u64) {
         self.map.set_capacity(bytes.max(1));
+        self.settle_evictions();
+    }
+
+    /// Takes the groups the map evicted out of the tag index.
+    fn settle_evictions(&self) {
+        self.tags
+            .settle(|key| self.map.peek(&key).map(|r| r.tags.clone()));
     }
 
     /// The invalidation epochs covering `key`, to pass back to
@@ -457,9 +507,11 @@ impl Store {
         }
         let mut variants: Vec<Variant> = Vec::with_capacity(2);
         let mut replaced = 0;
+        let mut existing_tags = None;
         if let Some(existing) = self.map.get(&key.hash()) {
             existing.superseded.store(true, Ordering::Release);
             replaced = existing.variants.len();
+            existing_tags = Some(existing.tags.clone());
             variants.extend(
                 existing
                     .variants
@@ -477,8 +529,21 @@ impl Store {
         }
         variants.push(variant);
         self.counters.count_variants(variants.len(), replaced);
-        self.map
-            .insert(key.hash(), Arc::new(Resource::new(path, variants)));
+        let resource = Arc::new(Resource::new(path, variants));
+        let tags = resource.tags.clone();
+        self.map.insert(key.hash(), resource);
+        // The index follows the map: the replaced group's tags that the new
+        // one lacks go, the new one's come (after the insert, so a
+        // concurrent settling sees the group that carries them). The same
+        // tags again (the usual re-learn) are posted already.
+        if existing_tags.as_ref() != Some(&tags) {
+            if let Some(old) = &existing_tags {
+                self.tags
+                    .remove(key.hash(), old.iter().filter(|t| !tags.contains(t)));
+            }
+            self.tags.add(key.hash(), tags.iter());
+        }
+        self.settle_evictions();
         self.counters.bump(Counter::Learned);
         tracing::debug!(uri = %request.uri(), "validator learned");
         Ok(())
@@ -530,6 +595,7 @@ impl Store {
         self.epochs[stripe].fetch_add(1, Ordering::SeqCst);
         let removed = self.map.remove(&key.hash());
         if let Some((_, resource)) = &removed {
+            self.tags.remove(key.hash(), resource.tags.iter());
             self.count_invalidated(resource.variants.len());
         }
         tracing::debug!(removed = removed.is_some(), "invalidated");
@@ -541,6 +607,7 @@ impl Store {
     /// against.
     pub(crate) fn forget(&self, key: Key) {
         if let Some((_, resource)) = self.map.remove(&key.hash()) {
+            self.tags.remove(key.hash(), resource.tags.iter());
             self.count_invalidated(resource.variants.len());
         }
     }
@@ -558,13 +625,23 @@ impl Store {
         let _global = self.global_lock.write().unwrap_or_else(|e| e.into_inner());
         self.global_epoch.fetch_add(1, Ordering::SeqCst);
         let removed = AtomicU64::new(0);
-        self.map.retain(|_, resource| {
+        let untagged: Mutex<Vec<(u64, Tags)>> = Mutex::new(Vec::new());
+        self.map.retain(|&key, resource| {
             let keep = !resource.under(&prefix_bytes);
             if !keep {
                 removed.fetch_add(resource.variants.len() as u64, Ordering::Relaxed);
+                if !resource.tags.is_empty() {
+                    untagged
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((key, resource.tags.clone()));
+                }
             }
             keep
         });
+        for (key, tags) in untagged.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            self.tags.remove(key, tags.iter());
+        }
         let removed = removed.into_inner();
         self.count_invalidated(removed as usize);
         tracing::debug!(prefix, removed, "invalidated by prefix");
@@ -581,8 +658,54 @@ impl Store {
         self.global_epoch.fetch_add(1, Ordering::SeqCst);
         let count: usize = self.map.iter().map(|(_, r)| r.variants.len()).sum();
         self.map.clear();
+        self.tags.clear();
         self.count_invalidated(count);
         tracing::debug!(removed = count, "validator store cleared");
+    }
+
+    /// Removes every group one of whose variants carries `tag` (as given
+    /// by the user: rendered here, see [`crate::tags`]), and publishes that
+    /// on the invalidation bus. Returns the variants removed.
+    pub(crate) fn invalidate_tag(&self, tag: &str) -> usize {
+        let Some(tag) = crate::tags::render(tag) else {
+            return 0;
+        };
+        let removed = self.invalidate_tag_here(&tag);
+        self.publish(Invalidation::Tag(tag.to_string()));
+        removed
+    }
+
+    /// Removes the groups carrying the rendered `tag`. Store-wide like a
+    /// prefix: a learn in flight may carry the tag without being indexed
+    /// yet, so every learn in flight is discarded (the global epoch).
+    fn invalidate_tag_here(&self, tag: &str) -> usize {
+        let _global = self.global_lock.write().unwrap_or_else(|e| e.into_inner());
+        self.global_epoch.fetch_add(1, Ordering::SeqCst);
+        self.settle_evictions();
+        let mut removed = 0;
+        for key in self.tags.keys(tag) {
+            match self
+                .map
+                .remove_if(&key, |resource| resource.tags.contains(tag))
+            {
+                Some((_, resource)) => {
+                    self.tags.remove(key, resource.tags.iter());
+                    removed += resource.variants.len();
+                }
+                // Replaced by a group without the tag since: not posted.
+                None => self.tags.remove(key, [Tag::from(tag)].iter()),
+            }
+        }
+        self.count_invalidated(removed);
+        tracing::debug!(tag, removed, "invalidated by tag");
+        removed
+    }
+
+    /// (tags, postings) in the tag index (tests).
+    #[cfg(test)]
+    pub(crate) fn tag_index_size(&self) -> (usize, usize) {
+        self.settle_evictions();
+        self.tags.size()
     }
 
     fn count_invalidated(&self, n: usize) {
@@ -636,6 +759,7 @@ mod tests {
             expires_after: None,
             first_seen: HttpDate::from_secs(0),
             basis: None,
+            tags: Tags::default(),
         }
     }
 
@@ -868,6 +992,141 @@ mod tests {
         assert!(store.lookup_path("/live/b").is_some());
         store.invalidate_prefix("/li");
         assert!(store.lookup_path("/live/b").is_none());
+    }
+
+    fn tagged(etag: &str, tags: &[&str]) -> Entry {
+        Entry {
+            tags: Tags::new(tags),
+            ..entry(etag)
+        }
+    }
+
+    #[test]
+    fn invalidate_tag_removes_every_group_carrying_it_and_no_other() {
+        let store = Store::new(1 << 20);
+        let none = HeaderMap::new();
+        learn(&store, "/a", &none, &[], "a");
+        store.learn_path("/b?v=1", tagged("b1", &["album 7", "owner:1"]));
+        store.learn_path("/b?v=2", tagged("b2", &[]));
+        store.learn_path("/c", tagged("c", &["owner:1"]));
+        store.learn_path("/d", tagged("d", &["album 7"]));
+        assert_eq!(store.invalidate_tag(""), 0);
+        assert_eq!(
+            store.invalidate_tag("album%207"),
+            0,
+            "rendered once, not twice"
+        );
+        assert_eq!(
+            store.invalidate_tag("album 7"),
+            3,
+            "both variants of /b, and /d"
+        );
+        for gone in ["/b?v=1", "/b?v=2", "/d"] {
+            assert!(store.lookup_path(gone).is_none(), "{gone}");
+        }
+        assert!(store.lookup_path("/a").is_some());
+        assert!(store.lookup_path("/c").is_some());
+        assert_eq!(store.tag_index_size(), (1, 1), "only owner:1 -> /c is left");
+        assert_eq!(store.invalidate_tag("album 7"), 0);
+        assert_eq!(store.invalidate_tag("owner:1"), 1);
+        assert_eq!(store.tag_index_size(), (0, 0));
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn a_group_learned_again_with_other_tags_leaves_no_posting_behind() {
+        let store = Store::new(1 << 20);
+        store.learn_path("/a", tagged("1", &["old", "kept"]));
+        store.learn_path("/a", tagged("2", &["new", "kept"]));
+        assert_eq!(store.tag_index_size(), (2, 2));
+        assert_eq!(store.invalidate_tag("old"), 0);
+        assert!(store.lookup_path("/a").is_some());
+        // Another variant keeps its own tags: the group carries both.
+        store.learn_path("/a?v=2", tagged("3", &["other"]));
+        assert_eq!(store.tag_index_size(), (3, 3));
+        store.learn_path("/a?v=2", tagged("4", &[]));
+        assert_eq!(store.tag_index_size(), (2, 2));
+        assert_eq!(store.invalidate_tag("kept"), 2);
+        assert_eq!(store.tag_index_size(), (0, 0));
+        // Key, prefix, forget and clear take their postings along.
+        store.learn_path("/k", tagged("k", &["t"]));
+        store.invalidate("/k");
+        store.learn_path("/p/1", tagged("p", &["t"]));
+        store.invalidate_prefix("/p/");
+        store.learn_path("/f", tagged("f", &["t"]));
+        store.forget(Key::of_path(b"/f"));
+        assert_eq!(store.tag_index_size(), (0, 0));
+        store.learn_path("/c", tagged("c", &["t"]));
+        store.clear();
+        assert_eq!(store.tag_index_size(), (0, 0));
+    }
+
+    #[test]
+    fn the_tag_index_is_bounded_by_the_capacity_and_follows_evictions() {
+        let store = Store::new(64 * 1024);
+        for i in 0..2000 {
+            store.learn_path(
+                &format!("/{i}"),
+                tagged("x", &[&format!("media:{i}"), "all", &"long".repeat(50)]),
+            );
+        }
+        let (tags, postings) = store.tag_index_size();
+        let resident = store.len();
+        assert!(store.bytes() <= 64 * 1024, "{}", store.bytes());
+        assert!(resident < 200, "{resident}");
+        assert_eq!(
+            tags,
+            resident + 2,
+            "one per resident media, plus the shared two"
+        );
+        assert_eq!(postings, 3 * resident);
+        assert_eq!(store.invalidate_tag("all"), resident);
+        assert_eq!(store.tag_index_size(), (0, 0));
+    }
+
+    #[test]
+    fn tags_count_in_an_entrys_weight_and_size_limit() {
+        let store = Store::new(1 << 30);
+        store.learn_path("/plain", entry("x"));
+        let plain = store.bytes();
+        store.learn_path("/tagged", tagged("x", &["t".repeat(1000).as_str()]));
+        assert!(
+            store.bytes() - plain >= plain + 2000,
+            "{} vs {plain}",
+            store.bytes()
+        );
+        let many: Vec<String> = (0..200)
+            .map(|i| format!("{i}{}", "t".repeat(400)))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let uri: Uri = "/heavy".parse().unwrap();
+        let none = HeaderMap::new();
+        let key = Key::of(&uri);
+        assert_eq!(
+            store.learn(
+                key,
+                at(&uri, &none),
+                &[],
+                tagged("x", &many),
+                store.epoch(key)
+            ),
+            Err(NotLearned::TooLarge)
+        );
+    }
+
+    #[test]
+    fn a_tag_invalidation_discards_learns_in_flight() {
+        let store = Store::new(1 << 20);
+        let uri: Uri = "/a".parse().unwrap();
+        let none = HeaderMap::new();
+        let key = Key::of(&uri);
+        let started = store.epoch(key);
+        store.invalidate_tag("t");
+        assert_eq!(
+            store.learn(key, at(&uri, &none), &[], tagged("old", &["t"]), started),
+            Err(NotLearned::Invalidated)
+        );
+        assert_eq!(store.tag_index_size(), (0, 0));
     }
 
     #[test]

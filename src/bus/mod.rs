@@ -2,9 +2,9 @@
 //!
 //! Each replica of a service keeps its own validator store and answers
 //! conditional requests from it. When replica A invalidates a URL (with
-//! [`CacheHandle::invalidate`], [`invalidate_prefix`], [`clear`], or because
-//! an unsafe method through A succeeded), replica B must stop answering from
-//! what it learned before. An [`InvalidationBus`], set with
+//! [`CacheHandle::invalidate`], [`invalidate_prefix`], [`invalidate_tag`],
+//! [`clear`], or because an unsafe method through A succeeded), replica B
+//! must stop answering from what it learned before. An [`InvalidationBus`], set with
 //! [`MediaCacheLayer::invalidation_bus`], carries those invalidations:
 //!
 //! * every invalidation made on a replica is applied to its own store, then
@@ -63,6 +63,7 @@
 //!
 //! [`CacheHandle::invalidate`]: crate::CacheHandle::invalidate
 //! [`invalidate_prefix`]: crate::CacheHandle::invalidate_prefix
+//! [`invalidate_tag`]: crate::CacheHandle::invalidate_tag
 //! [`clear`]: crate::CacheHandle::clear
 //! [`MediaCacheLayer::invalidation_bus`]: crate::MediaCacheLayer::invalidation_bus
 //! [`Trust::Never`]: crate::Trust::Never
@@ -102,6 +103,10 @@ pub enum Invalidation {
     Key(String),
     /// Every key whose path starts with this prefix.
     Prefix(String),
+    /// Every key one of whose entries carries this cache tag, as rendered
+    /// in the tag headers (see [`tags`](crate::tags): never empty, no
+    /// spaces, no commas, visible ASCII).
+    Tag(String),
     /// Everything.
     Clear,
 }
@@ -243,12 +248,14 @@ fn new_replica_id() -> u64 {
 }
 
 /// The wire format of a message: `tmc1 <origin, 16 hex digits> key <key>`,
-/// `… prefix <prefix>` or `… clear`.
+/// `… prefix <prefix>`, `… tag <tag>` or `… clear`. (A replica of a version
+/// before tags reads a `tag` message as unreadable, and clears: safe.)
 #[cfg_attr(not(any(feature = "redis", test)), allow(dead_code))]
 pub(crate) fn encode(origin: u64, invalidation: &Invalidation) -> String {
     match invalidation {
         Invalidation::Key(key) => format!("tmc1 {origin:016x} key {key}"),
         Invalidation::Prefix(prefix) => format!("tmc1 {origin:016x} prefix {prefix}"),
+        Invalidation::Tag(tag) => format!("tmc1 {origin:016x} tag {tag}"),
         Invalidation::Clear => format!("tmc1 {origin:016x} clear"),
     }
 }
@@ -266,6 +273,7 @@ pub(crate) fn decode(message: &[u8]) -> (Option<u64>, Invalidation) {
         let invalidation = match (parts.next()?, parts.next()) {
             ("key", Some(key)) => Invalidation::Key(key.into()),
             ("prefix", Some(prefix)) => Invalidation::Prefix(prefix.into()),
+            ("tag", Some(tag)) if !tag.is_empty() => Invalidation::Tag(tag.into()),
             ("clear", None) => Invalidation::Clear,
             _ => return None,
         };
@@ -325,6 +333,7 @@ mod tests {
             expires_after: None,
             first_seen: HttpDate::from_secs(0),
             basis: None,
+            tags: crate::tags::Tags::default(),
         }
     }
 
@@ -428,6 +437,8 @@ mod tests {
         bus.link().set_connected();
         store.invalidate("/a");
         store.invalidate_prefix("/media/");
+        store.invalidate_tag("album 7");
+        store.invalidate_tag("");
         store.clear();
         store.forget(Key::of_path(b"/gone"));
         assert_eq!(
@@ -435,6 +446,7 @@ mod tests {
             [
                 Invalidation::Key("/a".into()),
                 Invalidation::Prefix("/media/".into()),
+                Invalidation::Tag("album%207".into()),
                 Invalidation::Clear
             ]
         );
@@ -448,10 +460,22 @@ mod tests {
         assert!(link.apply(&Invalidation::Prefix("/media/".into())));
         assert_eq!(trusted(&store, "/media/x"), None);
         assert_eq!(trusted(&store, "/b"), Some(true));
+        store.learn_path(
+            "/t",
+            Entry {
+                tags: crate::tags::Tags::new(["album 7"]),
+                ..entry()
+            },
+        );
+        // A remote tag is applied as rendered, not rendered again.
+        assert!(link.apply(&Invalidation::Tag("album 7".into())));
+        assert_eq!(trusted(&store, "/t"), Some(true));
+        assert!(link.apply(&Invalidation::Tag("album%207".into())));
+        assert_eq!(trusted(&store, "/t"), None);
         assert!(link.apply(&Invalidation::Clear));
         assert_eq!(trusted(&store, "/b"), None);
         assert_eq!(bus.published(), []);
-        assert_eq!(store.counters.get(Counter::BusReceived), 3);
+        assert_eq!(store.counters.get(Counter::BusReceived), 5);
     }
 
     #[test]
@@ -497,6 +521,7 @@ mod tests {
             Invalidation::Key("/a b?c=d e".into()),
             Invalidation::Prefix("/media/".into()),
             Invalidation::Prefix(String::new()),
+            Invalidation::Tag("album%207".into()),
             Invalidation::Clear,
         ] {
             let text = encode(0xfeed, &invalidation);
@@ -506,6 +531,8 @@ mod tests {
             &b"tmc2 0 clear"[..],
             b"tmc1 zz key /a",
             b"tmc1 1 key",
+            b"tmc1 1 tag ",
+            b"tmc1 1 tag",
             b"\xff",
         ] {
             assert_eq!(decode(junk), (None, Invalidation::Clear));

@@ -92,6 +92,24 @@ counters! {
     /// `GET`s the layer sent to the inner service to learn the current
     /// validators before letting a conditional write through.
     validator_fetches => ValidatorFetches,
+    /// Requests whose variant a lookup in the shared second level
+    /// ([`SharedStore`](crate::bus::redis::SharedStore), feature `redis`)
+    /// found and installed in the local store.
+    shared_hits => SharedHits,
+    /// Lookups in the shared second level that found nothing for the
+    /// request's variant.
+    shared_misses => SharedMisses,
+    /// Lookups in the shared second level without an answer within the
+    /// lookup timeout, or that failed: the request went on as a miss.
+    shared_unavailable => SharedUnavailable,
+    /// Records in the shared second level that could not be read (another
+    /// version's, or corrupt): ignored, as misses.
+    shared_undecodable => SharedUndecodable,
+    /// Variants written to the shared second level.
+    shared_writes => SharedWrites,
+    /// Writes to the shared second level refused because an invalidation
+    /// covering the variant ran after its request began (or failed).
+    shared_writes_refused => SharedWritesRefused,
 }
 
 /// The counters, shared by the service, its store and its handle.

@@ -7,6 +7,7 @@ use http::{Response, response};
 use http_body::Body;
 
 use super::{Answered, Call, Held, Reading, State};
+use crate::bus::shared::Looked;
 use crate::exchange::{Exchange, Outcome, Plan, Source};
 use crate::handle::Counter;
 use crate::policy::ProbeFuture;
@@ -89,6 +90,23 @@ pub(super) fn decided<F, B: Body>(outcome: Outcome<B>, held: Option<Held<F>>) ->
             held,
             call: Some(Call::Request { strip_range }),
         },
+    }
+}
+
+/// The shared second level answered (or not in time): a 304 or 412 from
+/// what it had, or the service is called as on a local miss.
+pub(super) fn looked_up<F, B: Body>(
+    exchange: &mut Exchange,
+    looked: Looked,
+    held: Option<Held<F>>,
+    keep: bool,
+) -> State<F, B> {
+    match exchange.after_lookup(looked) {
+        Outcome::Call { .. } if keep => State::Calling {
+            held,
+            call: Some(Call::Keeping),
+        },
+        outcome => decided(outcome, held),
     }
 }
 

@@ -93,8 +93,8 @@ counters! {
     /// validators before letting a conditional write through.
     validator_fetches => ValidatorFetches,
     /// Requests whose variant a lookup in the shared second level
-    /// ([`SharedStore`](crate::bus::redis::SharedStore), feature `redis`)
-    /// found and installed in the local store.
+    /// (`SharedStore`, feature `redis`) found and installed in the local
+    /// store.
     shared_hits => SharedHits,
     /// Lookups in the shared second level that found nothing for the
     /// request's variant.

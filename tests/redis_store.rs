@@ -181,6 +181,33 @@ impl Replica {
         answer
     }
 
+    /// The header fields of a `304` answered without the handler, but
+    /// `Date`.
+    async fn not_modified_headers(&self, path: &str, etag: &str) -> Vec<(String, String)> {
+        let calls = self.calls();
+        let request = Request::get(path).header("if-none-match", etag);
+        let response = self
+            .service
+            .clone()
+            .oneshot(request.body(Bytes::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_MODIFIED, "{}", self.name);
+        assert_eq!(self.calls(), calls, "{}: handler called", self.name);
+        let mut fields: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .filter(|(name, _)| *name != "date")
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        fields.sort();
+        assert!(
+            fields.iter().any(|(n, _)| n == "cache-control"),
+            "{fields:?}"
+        );
+        fields
+    }
+
     /// A `GET` that learns `path`; waits until its record is in Redis.
     async fn learn(&self, path: &str) -> String {
         let writes = self.stats().shared_writes;
@@ -277,13 +304,20 @@ async fn a_fresh_replica_answers_revalidations_from_what_another_learned() {
     let a = Replica::fresh("A", &db, &setup).await;
     let v1 = a.learn("/media/a.jpg").await;
     a.assert_short_circuits("/media/a.jpg", &v1).await;
+    // An entry already shared is not written again.
+    a.get("/media/a.jpg").await;
+    assert_eq!(a.stats().shared_writes, 1);
+    let from_a = a.not_modified_headers("/media/a.jpg", &v1).await;
 
-    // B starts after A learned: its first request is answered from Redis.
+    // B starts after A learned: its first request is answered from Redis,
+    // with the 304 A sends.
     let b = Replica::fresh("B", &db, &setup).await;
+    assert_eq!(b.not_modified_headers("/media/a.jpg", &v1).await, from_a);
+    assert_eq!(b.calls(), 0);
     b.assert_short_circuits("/media/a.jpg", &v1).await;
     assert_eq!(b.stats().shared_hits, 1);
     assert_eq!(b.calls(), 0);
-    // Installed locally: the next one does not ask Redis.
+    // Installed locally: the next ones do not ask Redis.
     b.assert_short_circuits("/media/a.jpg", &v1).await;
     assert_eq!(b.stats().shared_hits, 1);
     assert_eq!(b.stats().entries, 1);
@@ -630,4 +664,45 @@ async fn a_frozen_redis_delays_no_request_beyond_the_lookup_timeout() {
     // A bound far below what waiting on the frozen server would take (the
     // 2 s the bus needs to notice), generous for a busy debug build.
     assert!(slowest < Duration::from_millis(500), "slowest {slowest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_have_a_ttl_and_at_most_32_variants_per_path() {
+    let Some(redis) = RedisServer::start("records_have_a_ttl_and_at_most_32_variants") else {
+        return;
+    };
+    let db = Database::default();
+    db.set("/media/a.jpg", b"a, version 1");
+    let name = name("bounded");
+    let setup = Setup {
+        url: &redis.url(),
+        channel: &name,
+        prefix: &name,
+        lookup_timeout: Some(Duration::from_secs(1)),
+    };
+    let a = Replica::fresh("A", &db, &setup).await;
+    // 40 variants of one path: 40 queries.
+    for i in 0..40 {
+        a.learn(&format!("/media/a.jpg?v={i}")).await;
+    }
+    let (mut connection, keys) = redis_keys(setup.url, setup.prefix).await;
+    let records = record_keys(keys, setup.prefix);
+    assert_eq!(records.len(), 1, "one hash per path group: {records:?}");
+    let fields: u64 = redis::cmd("HLEN")
+        .arg(&records[0])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!((1..=32).contains(&fields), "{fields} variants kept");
+    // Trusted until invalidated: the default TTL, a day.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&records[0])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(ttl > 86_000_000 && ttl <= 86_400_000, "TTL {ttl} ms");
+    // The latest variant is among those kept.
+    let b = Replica::fresh("B", &db, &setup).await;
+    let tag = db.etag("/media/a.jpg");
+    b.assert_short_circuits("/media/a.jpg?v=39", &tag).await;
 }

@@ -52,6 +52,14 @@
 //! The in-process default is no bus at all, which behaves as [`NoopBus`]:
 //! always connected, nothing published.
 //!
+//! # Sharing what replicas learned
+//!
+//! With [`SharedStore`] (feature `redis`), the Redis bus also keeps a second
+//! level of the validator store in Redis: what one replica learns, the
+//! others — a replica that just started included — answer from. Its lookups
+//! and writes go through the bus's connection and follow its state: nothing
+//! is looked up while the bus is disconnected.
+//!
 //! # Writing a bus
 //!
 //! [`InvalidationBus::attach`] hands the bus a [`BusLink`] to the store.
@@ -70,12 +78,14 @@
 #![cfg_attr(
     feature = "redis",
     doc = "[`RedisBus`]: redis::RedisBus\n\
+           [`SharedStore`]: redis::SharedStore\n\
            [`ping_interval`]: redis::RedisBusBuilder::ping_interval\n\
            [`ping_timeout`]: redis::RedisBusBuilder::ping_timeout"
 )]
 #![cfg_attr(
     not(feature = "redis"),
     doc = "[`RedisBus`]: https://docs.rs/tower-media-cache/latest/tower_media_cache/bus/redis/struct.RedisBus.html\n\
+           [`SharedStore`]: https://docs.rs/tower-media-cache/latest/tower_media_cache/bus/redis/struct.SharedStore.html\n\
            [`ping_interval`]: https://docs.rs/tower-media-cache/latest/tower_media_cache/bus/redis/struct.RedisBusBuilder.html#method.ping_interval\n\
            [`ping_timeout`]: https://docs.rs/tower-media-cache/latest/tower_media_cache/bus/redis/struct.RedisBusBuilder.html#method.ping_timeout"
 )]

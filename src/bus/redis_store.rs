@@ -69,7 +69,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// this version of the crate); a replica with a bus but no shared store does
 /// not delete records when it invalidates. Give the Redis server a
 /// `maxmemory` with a `volatile-*` eviction policy (records always have a
-/// TTL, the generation keys never do) or `noeviction`.
+/// TTL, the generation keys never do) or `noeviction`. The store needs a
+/// standalone Redis (not Cluster: the scripts name keys they compute) that
+/// allows `EVAL`; where scripts are refused, the bus never connects, and
+/// every request goes to the inner service.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -383,6 +386,8 @@ impl SecondLevel for RedisLevel2 {
             return;
         };
         let settings = &self.settings;
+        // Redis expires by its own clock: the window is measured from the
+        // system's, whatever clock the layer was given.
         let Some(ttl) = time_to_live(
             variant.entry.trusted_until,
             SystemTime::now(),

@@ -230,10 +230,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let status = c.revalidate("/media/cat.jpg", &v2).await;
     assert_eq!(status, StatusCode::NOT_MODIFIED);
 
+    println!();
     for replica in [&a, &b, &c] {
         let stats = replica.handle.stats();
         println!(
-            "\nreplica {}: {} invalidations received, {} answers from its store ({} found in Redis), \
+            "replica {}: {} invalidations received, {} answers from its store ({} found in Redis), \
              {} entries written to Redis, {} fallbacks while disconnected",
             replica.name,
             stats.bus_received,

@@ -499,6 +499,187 @@ mod tests {
         assert!(decode(&both).is_err());
     }
 
+    /// A second level that records writes and finds nothing by itself.
+    #[derive(Debug, Default)]
+    struct Fake {
+        connected: bool,
+        writes: std::sync::Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl SecondLevel for Fake {
+        fn epoch(&self, _stripe: usize) -> Option<SharedEpoch> {
+            self.connected.then_some(SharedEpoch {
+                session: 2,
+                stripe: 0,
+                global: 0,
+            })
+        }
+        fn lookup(&self, _key: Key) -> Option<Lookup> {
+            None
+        }
+        fn write(&self, _key: Key, variant: SharedVariant, _: SharedEpoch, _: Arc<Counters>) {
+            self.writes.lock().unwrap().push(encode(&variant).unwrap());
+        }
+    }
+
+    fn store_with(fake: Fake) -> (crate::store::Store, Arc<Fake>) {
+        let store = crate::store::Store::new(1 << 20);
+        let fake = Arc::new(fake);
+        store.attach_second_level(fake.clone());
+        (store, fake)
+    }
+
+    fn entry(tag: &str, trusted_until: TrustedUntil) -> Entry {
+        Entry {
+            validators: Validators::new().with_etag(EntityTag::strong(tag).unwrap()),
+            headers: HeaderMap::new(),
+            trusted_until,
+            expires_after: None,
+            first_seen: HttpDate::from_secs(0),
+        }
+    }
+
+    /// The record another replica would have written for `uri` (no
+    /// `Host`, no `Vary`).
+    fn record_for(uri: &str, tag: &str) -> Vec<u8> {
+        let uri: http::Uri = uri.parse().unwrap();
+        let headers = HeaderMap::new();
+        let selector = crate::key::Selecting::new(&uri, &headers, false)
+            .encode(&[], 1024)
+            .unwrap();
+        encode(&SharedVariant {
+            vary: Box::new([]),
+            selector,
+            entry: Arc::new(entry(tag, TrustedUntil::Invalidated)),
+        })
+        .unwrap()
+    }
+
+    fn install(
+        store: &crate::store::Store,
+        uri: &str,
+        looked: Looked,
+        started: crate::store::Epoch,
+    ) -> bool {
+        let uri: http::Uri = uri.parse().unwrap();
+        let headers = HeaderMap::new();
+        let request = crate::key::Selecting::new(&uri, &headers, false);
+        store
+            .install(Key::of(&uri), request, looked, started)
+            .is_some()
+    }
+
+    #[test]
+    fn what_a_lookup_finds_is_installed_and_not_written_back() {
+        let (store, fake) = store_with(Fake {
+            connected: true,
+            ..Fake::default()
+        });
+        let started = store.epoch(Key::of_path(b"/a"));
+        assert!(install(
+            &store,
+            "/a",
+            Looked::Found(vec![record_for("/a", "1")]),
+            started
+        ));
+        let found = store.lookup_path("/a").unwrap();
+        assert!(found.may_answer(SystemTime::now()));
+        assert_eq!(
+            found.entry().validators.etag().unwrap().to_string(),
+            "\"1\""
+        );
+        assert!(fake.writes.lock().unwrap().is_empty());
+        assert_eq!(store.counters.get(crate::handle::Counter::SharedHits), 1);
+        assert_eq!(store.counters.get(crate::handle::Counter::Learned), 0);
+    }
+
+    #[test]
+    fn an_invalidation_during_a_lookup_discards_what_it_found() {
+        let (store, _) = store_with(Fake {
+            connected: true,
+            ..Fake::default()
+        });
+        for invalidate in [
+            (|s: &crate::store::Store| {
+                s.invalidate("/A?x");
+            }) as fn(&crate::store::Store),
+            |s| s.invalidate_prefix("/"),
+            |s| s.clear(),
+        ] {
+            let started = store.epoch(Key::of_path(b"/a"));
+            invalidate(&store);
+            assert!(!install(
+                &store,
+                "/a",
+                Looked::Found(vec![record_for("/a", "1")]),
+                started
+            ));
+            assert!(store.lookup_path("/a").is_none());
+        }
+        assert_eq!(store.counters.get(crate::handle::Counter::SharedHits), 0);
+    }
+
+    #[test]
+    fn other_variants_junk_and_failures_are_misses() {
+        let (store, _) = store_with(Fake {
+            connected: true,
+            ..Fake::default()
+        });
+        let started = store.epoch(Key::of_path(b"/a"));
+        let other = vec![record_for("/a?v=2", "2"), b"junk".to_vec()];
+        assert!(!install(&store, "/a", Looked::Found(other), started));
+        assert!(!install(&store, "/a", Looked::Found(vec![]), started));
+        assert!(!install(&store, "/a", Looked::Failed, started));
+        assert!(store.lookup_path("/a").is_none());
+        let count = |c| store.counters.get(c);
+        use crate::handle::Counter;
+        assert_eq!(count(Counter::SharedMisses), 2);
+        assert_eq!(count(Counter::SharedUndecodable), 1);
+        assert_eq!(count(Counter::SharedUnavailable), 1);
+        // The right variant among others is found.
+        let mixed = vec![
+            b"junk".to_vec(),
+            record_for("/a?v=2", "2"),
+            record_for("/a", "1"),
+        ];
+        assert!(install(&store, "/a", Looked::Found(mixed), started));
+    }
+
+    #[test]
+    fn a_learned_entry_is_written_once_per_version() {
+        let (store, fake) = store_with(Fake {
+            connected: true,
+            ..Fake::default()
+        });
+        let writes = || fake.writes.lock().unwrap().len();
+        store.learn_path("/a", entry("1", TrustedUntil::Invalidated));
+        assert_eq!(writes(), 1);
+        store.learn_path("/a", entry("1", TrustedUntil::Invalidated));
+        assert_eq!(writes(), 1, "already shared");
+        store.learn_path("/a?q", entry("1", TrustedUntil::Invalidated));
+        assert_eq!(writes(), 2, "another variant");
+        store.learn_path("/a", entry("2", TrustedUntil::Invalidated));
+        assert_eq!(writes(), 3, "another version");
+        // A trust window moves with each learn: written each time.
+        let at = TrustedUntil::At(SystemTime::now() + Duration::from_secs(60));
+        store.learn_path("/b", entry("1", at));
+        store.learn_path("/b", entry("1", at));
+        assert_eq!(writes(), 5);
+        let decoded = decode(&fake.writes.lock().unwrap()[0]).unwrap();
+        assert_eq!(
+            decoded.entry.validators.etag().unwrap().to_string(),
+            "\"1\""
+        );
+    }
+
+    #[test]
+    fn nothing_is_written_without_a_connected_second_level() {
+        let (store, fake) = store_with(Fake::default());
+        store.learn_path("/a", entry("1", TrustedUntil::Invalidated));
+        assert!(store.lookup_path("/a").is_some(), "learned locally");
+        assert!(fake.writes.lock().unwrap().is_empty());
+    }
+
     #[test]
     fn time_to_live_follows_trust_and_is_capped() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);

@@ -565,8 +565,10 @@ impl Store {
                 }
             });
         if undecodable > 0 {
+            // Counted; logged at debug only: records of another version
+            // would otherwise log at the request rate during an upgrade.
             self.counters.add(Counter::SharedUndecodable, undecodable);
-            tracing::warn!(
+            tracing::debug!(
                 undecodable,
                 "unreadable records in the shared validator store: ignored"
             );

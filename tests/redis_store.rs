@@ -347,6 +347,25 @@ async fn a_fresh_replica_answers_revalidations_from_what_another_learned() {
     );
     assert_eq!(d.stats().shared_misses, 1);
 
+    // A failed If-Match is answered 412 from Redis, a conditional HEAD 304.
+    let f = Replica::fresh("F", &db, &setup).await;
+    let if_match = Request::get("/media/a.jpg").header("if-match", "\"other\"");
+    let answer = f.send(if_match.body(Bytes::new()).unwrap()).await;
+    assert_eq!(answer.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(answer.etag.as_deref(), Some(v1.as_str()));
+    let head = Request::head("/media/b.jpg").header("if-none-match", &v1);
+    let g = Replica::fresh("G", &db, &setup).await;
+    let head_a = Request::head("/media/a.jpg").header("if-none-match", &v1);
+    assert_eq!(
+        g.send(head_a.body(Bytes::new()).unwrap()).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    assert_eq!((f.calls(), g.calls()), (0, 0), "no handler");
+    assert_eq!(f.stats().short_circuit_precondition_failed, 1);
+    // Nothing shared for b.jpg yet: the HEAD goes to the handler.
+    g.send(head.body(Bytes::new()).unwrap()).await;
+    assert_eq!(g.calls(), 1);
+
     // Requests that need no entry never wait on Redis: a plain GET.
     let e = Replica::fresh("E", &db, &setup).await;
     let answer = e.get("/media/b.jpg").await;

@@ -1,9 +1,14 @@
-//! Two replicas of a media service sharing invalidations over Redis.
+//! Replicas of a media service sharing invalidations, and what they
+//! learned, over Redis.
 //!
 //! Each replica is an axum app behind its own `MediaCacheLayer` (its own
-//! validator store), and both serve the same content. An invalidation on
-//! replica A — a `PUT` through it, or its handle — reaches replica B, which
-//! then asks its handler again instead of answering `304` from its store.
+//! validator store), and all serve the same content. What replica A learns
+//! is written to Redis (the shared store), so replica B answers a
+//! revalidation of a file it never served with a `304`, without its
+//! handler — and so does replica C, started later as after a deploy. An
+//! invalidation on A — a `PUT` through it, or its handle — reaches B, which
+//! then asks its handler again instead of answering `304`, and removes the
+//! file from Redis.
 //!
 //! ```text
 //! redis-server --port 6379 --save '' --appendonly no &
@@ -23,7 +28,7 @@ use axum::http::{Request, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tower::ServiceExt;
-use tower_media_cache::bus::redis::RedisBus;
+use tower_media_cache::bus::redis::{RedisBus, SharedStore};
 use tower_media_cache::{CacheHandle, CachePolicy, MediaCacheLayer, Trust};
 
 /// What both replicas serve (in real life: a database or an object store).
@@ -134,7 +139,27 @@ impl Replica {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+
+    /// Waits (at most 5 s) until this replica wrote `n` entries to Redis
+    /// (in the background, after the response).
+    async fn wait_shared(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.handle.stats().shared_writes < n {
+            assert!(Instant::now() < deadline, "entry not written to Redis");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
+
+/// A replica's bus: invalidations on `CHANNEL`, and the shared store.
+fn bus(url: &str) -> Result<RedisBus, Box<dyn std::error::Error>> {
+    Ok(RedisBus::builder(url)
+        .channel(CHANNEL)
+        .shared_store(SharedStore::new().prefix("tower-media-cache-example:validators:"))
+        .start()?)
+}
+
+const CHANNEL: &str = "tower-media-cache-example:invalidations";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -146,17 +171,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .insert("cat.jpg".into(), Bytes::from_static(b"a cat, version 1"));
 
     // One bus per replica: in production, one per process.
-    let channel = "tower-media-cache-example:invalidations";
-    let a = Replica::new(
-        "A",
-        &media,
-        RedisBus::builder(&url).channel(channel).start()?,
-    );
-    let b = Replica::new(
-        "B",
-        &media,
-        RedisBus::builder(&url).channel(channel).start()?,
-    );
+    let a = Replica::new("A", &media, bus(&url)?);
+    let b = Replica::new("B", &media, bus(&url)?);
 
     let deadline = Instant::now() + Duration::from_secs(5);
     while !(a.handle.bus_connected() && b.handle.bus_connected()) {
@@ -170,13 +186,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("both replicas connected to {url}, channel {channel}\n");
+    println!("both replicas connected to {url}, channel {CHANNEL}\n");
 
-    println!("1. Both replicas learn /media/cat.jpg and answer revalidations by themselves:");
+    println!(
+        "1. Replica A learns /media/cat.jpg and shares it; B, which never served it, answers too:"
+    );
     let v1 = a.get("/media/cat.jpg").await;
-    b.get("/media/cat.jpg").await;
+    a.wait_shared(1).await;
     a.revalidate("/media/cat.jpg", &v1).await;
-    b.revalidate("/media/cat.jpg", &v1).await;
+    let status = b.revalidate("/media/cat.jpg", &v1).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
 
     println!("\n2. A PUT through replica A changes the cat; A publishes the invalidation:");
     a.put("/media/cat.jpg", b"a cat, version 2").await;
@@ -194,17 +213,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let v2 = b.get("/media/cat.jpg").await;
     b.revalidate("/media/cat.jpg", &v2).await;
+    let written = b.handle.stats().shared_writes;
     a.handle.invalidate_prefix("/media/");
     b.wait_received(2).await;
+    // B asks its handler, relearns the cat and shares it again.
     b.revalidate("/media/cat.jpg", &v2).await;
 
-    let stats = b.handle.stats();
     println!(
-        "\nreplica B: {} invalidations received, {} answers from its store, {} fallbacks while disconnected",
-        stats.bus_received, stats.short_circuit_not_modified, stats.bus_disconnected_fallbacks
+        "\n4. Replica C starts, as after a deploy: its first revalidation is answered from Redis:"
     );
+    b.wait_shared(written + 1).await;
+    let c = Replica::new("C", &media, bus(&url)?);
+    while !c.handle.bus_connected() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = c.revalidate("/media/cat.jpg", &v2).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+
+    println!();
+    for replica in [&a, &b, &c] {
+        let stats = replica.handle.stats();
+        println!(
+            "replica {}: {} invalidations received, {} answers from its store ({} found in Redis), \
+             {} entries written to Redis, {} fallbacks while disconnected",
+            replica.name,
+            stats.bus_received,
+            stats.short_circuit_not_modified,
+            stats.shared_hits,
+            stats.shared_writes,
+            stats.bus_disconnected_fallbacks
+        );
+    }
     println!(
-        "(stop Redis while a replica runs and it answers every request from its handler until Redis is back)"
+        "\n(stop Redis while a replica runs and it answers every request from its handler until Redis is back)"
     );
     Ok(())
 }

@@ -36,6 +36,10 @@ pub(crate) enum Decision {
     Probe(Plan),
     /// The service answers; the layer finishes its answer.
     Call(Plan),
+    /// Nothing in the local store for a request that needs an entry: the
+    /// shared second level is asked first, then the request goes on as a
+    /// local hit or miss would ([`Exchange::after_lookup`]).
+    Lookup(Plan),
 }
 
 /// An answer from the store.
@@ -260,8 +264,16 @@ pub(crate) fn classify<ReqBody>(
         let checked = (store_allowed && policy.probe_ref().is_some()) || trusted;
         plan.layer_alone_judges(ranged, checked);
     }
+    let shared = store_allowed
+        && needs_entry
+        && plan.entry.is_none()
+        && policy.probe_ref().is_none()
+        && (*method == Method::GET || *method == Method::HEAD)
+        && config.store.shares();
     if probe {
         Decision::Probe(plan)
+    } else if shared {
+        Decision::Lookup(plan)
     } else {
         Decision::Call(plan)
     }

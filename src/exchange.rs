@@ -16,6 +16,7 @@ use http_body::Body;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::body::{Buffered, Filled, ResponseBody};
+use crate::bus::shared::{Looked, Lookup};
 use crate::coalesce::{self, Joined, Leader, Shared, Waiting};
 use crate::config::Config;
 use crate::fingerprint::Fingerprint;
@@ -271,6 +272,34 @@ impl Exchange {
         self.count(Counter::ShortCircuitPreconditionFailed);
         tracing::debug!(key = self.key(), "412 from known validators");
         build::precondition_failed(current, self.now, ResponseBody::empty())
+    }
+
+    /// Starts the lookup of this request's group in the shared second level
+    /// (`None` when there is none, or it cannot be used now).
+    pub(crate) fn shared_lookup(&self) -> Option<Lookup> {
+        self.config.store.shared_lookup(self.key)
+    }
+
+    /// Decides from what the shared second level had: installed locally
+    /// (unless invalidated since the request began), it answers as a local
+    /// hit — a 304 or 412 when trusted and the preconditions say so — and
+    /// otherwise the service is called as on a local miss.
+    pub(crate) fn after_lookup<B: Body>(&mut self, looked: Looked) -> Outcome<B> {
+        let store = &self.config.store;
+        self.entry = store.install(self.key, self.selecting(), looked, self.epoch);
+        let Some(current) = self.trusted_entry().map(|e| e.validators.clone()) else {
+            return Outcome::Call { strip_range: false };
+        };
+        let present = Present::scan(&self.request_headers);
+        let target = Target::Exists(&current);
+        match preconditions::judge(&self.method, &self.request_headers, present, target) {
+            Precondition::NotModified => {
+                let entry = self.trusted_entry().expect("trusted above");
+                Outcome::Answer(self.not_modified_from(entry))
+            }
+            Precondition::Failed => Outcome::Answer(self.failed(&current)),
+            Precondition::Proceed => Outcome::Call { strip_range: false },
+        }
     }
 
     /// Decides from a probe's answer: a 304 or 412, or the inner service is

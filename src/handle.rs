@@ -118,6 +118,24 @@ counters! {
     purge_retries => PurgeRetries,
     /// Purges given up: every attempt failed, or the purge queue was full.
     purge_failures => PurgeFailures,
+    /// Requests whose variant a lookup in the shared second level
+    /// (`SharedStore`, feature `redis`) found and installed in the local
+    /// store.
+    shared_hits => SharedHits,
+    /// Lookups in the shared second level that found nothing for the
+    /// request's variant.
+    shared_misses => SharedMisses,
+    /// Lookups in the shared second level without an answer within the
+    /// lookup timeout, or that failed: the request went on as a miss.
+    shared_unavailable => SharedUnavailable,
+    /// Records in the shared second level that could not be read (another
+    /// version's, or corrupt): ignored, as misses.
+    shared_undecodable => SharedUndecodable,
+    /// Variants written to the shared second level.
+    shared_writes => SharedWrites,
+    /// Writes to the shared second level refused because an invalidation
+    /// covering the variant ran after its request began (or failed).
+    shared_writes_refused => SharedWritesRefused,
 }
 
 /// The counters, shared by the service, its store and its handle.

@@ -77,7 +77,7 @@ mod write;
 
 pub use body::ResponseBody;
 #[cfg(feature = "redis")]
-pub use bus::redis::RedisBus;
+pub use bus::redis::{RedisBus, SharedStore};
 pub use bus::{BusLink, Invalidation, InvalidationBus, NoopBus};
 pub use fingerprint::{fingerprint_with, fingerprinted_path};
 pub use future::ResponseFuture;

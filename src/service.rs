@@ -94,6 +94,17 @@ where
                     (None, request) => ResponseFuture::inner(self.inner.call(request), exchange),
                 }
             }
+            Decision::Lookup(plan) => {
+                let keep = plan.learns_head();
+                let exchange = plan.begin(&self.config, &mut request, now);
+                match exchange.shared_lookup() {
+                    Some(lookup) => {
+                        ResponseFuture::looking(lookup, self.hold(request), keep, exchange)
+                    }
+                    None if keep => ResponseFuture::calling(self.hold(request), exchange),
+                    None => ResponseFuture::inner(self.inner.call(request), exchange),
+                }
+            }
             Decision::Call(plan) if plan.learns_head() => {
                 let exchange = plan.begin(&self.config, &mut request, now);
                 ResponseFuture::calling(self.hold(request), exchange)

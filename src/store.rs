@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderName, Uri};
 
 use crate::bus::gate::{Gate, Watch};
+use crate::bus::shared::{self, Looked, Lookup, SecondLevel, SharedEpoch, SharedVariant};
 use crate::bus::{BusLink, Invalidation, InvalidationBus};
 use crate::handle::{Counter, Counters};
 use crate::headers::HttpDate;
@@ -186,6 +187,8 @@ pub(crate) struct Epoch {
     stripe: usize,
     key: u64,
     global: u64,
+    /// The second level's, when the store has one and it is connected.
+    shared: Option<SharedEpoch>,
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +266,9 @@ pub(crate) struct Store {
     tags: Arc<TagIndex>,
     /// Purges the front tier after each local invalidation, once attached.
     purging: OnceLock<Purging>,
+    /// The shared second level, when the bus brought one
+    /// ([`crate::bus::shared`]).
+    second: OnceLock<Arc<dyn SecondLevel>>,
 }
 
 /// At most this many routes and paths are remembered as accepting `POST`;
@@ -340,6 +346,7 @@ impl Store {
             gate: Gate::default(),
             tags,
             purging: OnceLock::new(),
+            second: OnceLock::new(),
         }
     }
 
@@ -364,6 +371,12 @@ impl Store {
     /// When the store already has a bus.
     pub(crate) fn attach_bus(self: &Arc<Self>, bus: Arc<dyn InvalidationBus>) {
         self.gate.attach(bus, BusLink::new(Arc::downgrade(self)));
+    }
+
+    /// Gives the store a shared second level (once; later calls are
+    /// ignored).
+    pub(crate) fn attach_second_level(&self, second: Arc<dyn SecondLevel>) {
+        let _ = self.second.set(second);
     }
 
     /// Whether the invalidation bus is connected (always, without one).
@@ -424,6 +437,7 @@ impl Store {
             stripe,
             key: self.epochs[stripe].load(Ordering::SeqCst),
             global: self.global_epoch.load(Ordering::SeqCst),
+            shared: self.second.get().and_then(|second| second.epoch(stripe)),
         }
     }
 
@@ -477,6 +491,9 @@ impl Store {
     /// resource changed how it varies). `vary` lists the response's `Vary`
     /// field names; `started` is [`Store::epoch`] read when the request
     /// arrived.
+    ///
+    /// A variant new to this store is written to the second level, if any,
+    /// in the background.
     pub(crate) fn learn(
         &self,
         key: Key,
@@ -485,6 +502,29 @@ impl Store {
         entry: Entry,
         started: Epoch,
     ) -> Result<(), NotLearned> {
+        let shared = self.put(key, request, vary, entry, started)?;
+        self.counters.bump(Counter::Learned);
+        tracing::debug!(uri = %request.uri(), "validator learned");
+        if let (Some(second), Some(started), Some(variant)) =
+            (self.second.get(), started.shared, shared)
+        {
+            second.write(key, variant, started, self.counters.clone());
+        }
+        Ok(())
+    }
+
+    /// Inserts a variant unless an invalidation covering its group ran since
+    /// `started`. Returns it for the second level when it is new: an entry
+    /// trusted until invalidated that replaces one with the same validators
+    /// is already there.
+    fn put(
+        &self,
+        key: Key,
+        request: Selecting<'_>,
+        vary: &[HeaderName],
+        entry: Entry,
+        started: Epoch,
+    ) -> Result<Option<SharedVariant>, NotLearned> {
         let Some(selector) = request.encode(vary, MAX_SELECTOR_BYTES) else {
             return Err(self.too_large(request.uri()));
         };
@@ -508,7 +548,15 @@ impl Store {
         let mut variants: Vec<Variant> = Vec::with_capacity(2);
         let mut replaced = 0;
         let mut existing_tags = None;
+        let mut known = false;
         if let Some(existing) = self.map.get(&key.hash()) {
+            known = existing.variants.iter().any(|v| {
+                v.vary == variant.vary
+                    && v.selector == variant.selector
+                    && v.entry.validators == variant.entry.validators
+                    && v.entry.trusted_until == TrustedUntil::Invalidated
+                    && variant.entry.trusted_until == TrustedUntil::Invalidated
+            });
             existing.superseded.store(true, Ordering::Release);
             replaced = existing.variants.len();
             existing_tags = Some(existing.tags.clone());
@@ -527,6 +575,11 @@ impl Store {
         if variants.len() >= MAX_VARIANTS {
             variants.remove(0);
         }
+        let shared = (self.second.get().is_some() && !known).then(|| SharedVariant {
+            vary: variant.vary.clone(),
+            selector: variant.selector.clone(),
+            entry: variant.entry.clone(),
+        });
         variants.push(variant);
         self.counters.count_variants(variants.len(), replaced);
         let resource = Arc::new(Resource::new(path, variants));
@@ -544,9 +597,71 @@ impl Store {
             self.tags.add(key.hash(), tags.iter());
         }
         self.settle_evictions();
-        self.counters.bump(Counter::Learned);
-        tracing::debug!(uri = %request.uri(), "validator learned");
-        Ok(())
+        Ok(shared)
+    }
+
+    /// Whether the store has a shared second level.
+    pub(crate) fn shares(&self) -> bool {
+        self.second.get().is_some()
+    }
+
+    /// Starts looking `key` up in the second level, when there is one and
+    /// the bus is connected (else nothing of it may answer anyway).
+    pub(crate) fn shared_lookup(&self, key: Key) -> Option<Lookup> {
+        let second = self.second.get()?;
+        if !self.gate.connected() {
+            return None;
+        }
+        second.lookup(key)
+    }
+
+    /// Installs what a second-level lookup found for the request's variant
+    /// — unless an invalidation covering its group ran since `started`, when
+    /// the request began — and returns it as a local lookup does. An
+    /// unreadable record, or none for this variant, is a miss.
+    pub(crate) fn install(
+        &self,
+        key: Key,
+        request: Selecting<'_>,
+        looked: Looked,
+        started: Epoch,
+    ) -> Option<Found> {
+        let records = match looked {
+            Looked::Found(records) => records,
+            Looked::Failed => {
+                self.counters.bump(Counter::SharedUnavailable);
+                return None;
+            }
+        };
+        let mut undecodable = 0;
+        let found = records
+            .iter()
+            .find_map(|record| match shared::decode(record) {
+                Ok(decoded) if request.matches(&decoded.vary, &decoded.selector) => Some(decoded),
+                Ok(_) => None,
+                Err(_) => {
+                    undecodable += 1;
+                    None
+                }
+            });
+        if undecodable > 0 {
+            // Counted; logged at debug only: records of another version
+            // would otherwise log at the request rate during an upgrade.
+            self.counters.add(Counter::SharedUndecodable, undecodable);
+            tracing::debug!(
+                undecodable,
+                "unreadable records in the shared validator store: ignored"
+            );
+        }
+        let Some(decoded) = found else {
+            self.counters.bump(Counter::SharedMisses);
+            return None;
+        };
+        self.put(key, request, &decoded.vary, decoded.entry, started)
+            .ok()?;
+        self.counters.bump(Counter::SharedHits);
+        tracing::debug!(uri = %request.uri(), "validator installed from the shared store");
+        self.lookup(key, request)
     }
 
     fn too_large(&self, uri: &Uri) -> NotLearned {

@@ -230,6 +230,22 @@ impl Tags {
         self.0.is_none()
     }
 
+    /// Tags already rendered (read back from a shared store), or `None`
+    /// when one is not what [`render`] makes: empty, too long, or with a
+    /// byte it would have encoded.
+    pub(crate) fn from_rendered<'a>(rendered: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        let tags = rendered
+            .into_iter()
+            .map(|tag| {
+                let valid = !tag.is_empty()
+                    && tag.len() <= MAX_TAG_BYTES
+                    && tag.bytes().all(|b| kept(b) || b == b'%');
+                valid.then(|| Tag::from(tag))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self::from_vec(tags))
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Tag> {
         self.as_slice().iter()
     }

@@ -52,6 +52,14 @@
 //! The in-process default is no bus at all, which behaves as [`NoopBus`]:
 //! always connected, nothing published.
 //!
+//! # Sharing what replicas learned
+//!
+//! With [`SharedStore`] (feature `redis`), the Redis bus also keeps a second
+//! level of the validator store in Redis: what one replica learns, the
+//! others — a replica that just started included — answer from. Its lookups
+//! and writes go through the bus's connection and follow its state: nothing
+//! is looked up while the bus is disconnected.
+//!
 //! # Writing a bus
 //!
 //! [`InvalidationBus::attach`] hands the bus a [`BusLink`] to the store.
@@ -71,12 +79,14 @@
 #![cfg_attr(
     feature = "redis",
     doc = "[`RedisBus`]: redis::RedisBus\n\
+           [`SharedStore`]: redis::SharedStore\n\
            [`ping_interval`]: redis::RedisBusBuilder::ping_interval\n\
            [`ping_timeout`]: redis::RedisBusBuilder::ping_timeout"
 )]
 #![cfg_attr(
     not(feature = "redis"),
     doc = "[`RedisBus`]: https://docs.rs/tower-media-cache/latest/tower_media_cache/bus/redis/struct.RedisBus.html\n\
+           [`SharedStore`]: https://docs.rs/tower-media-cache/latest/tower_media_cache/bus/redis/struct.SharedStore.html\n\
            [`ping_interval`]: https://docs.rs/tower-media-cache/latest/tower_media_cache/bus/redis/struct.RedisBusBuilder.html#method.ping_interval\n\
            [`ping_timeout`]: https://docs.rs/tower-media-cache/latest/tower_media_cache/bus/redis/struct.RedisBusBuilder.html#method.ping_timeout"
 )]
@@ -90,9 +100,12 @@ use std::time::SystemTime;
 use crate::store::Store;
 
 pub(crate) mod gate;
+pub(crate) mod shared;
 
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+mod redis_store;
 
 /// One invalidation, as carried between replicas.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -203,6 +216,15 @@ impl BusLink {
         true
     }
 
+    /// Gives the store a shared second level (the Redis bus's
+    /// [`SharedStore`](crate::bus::redis::SharedStore)).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn attach_second_level(&self, second: Arc<dyn shared::SecondLevel>) {
+        if let Some(store) = self.store.upgrade() {
+            store.attach_second_level(second);
+        }
+    }
+
     /// Reports the bus connected: it now receives every invalidation the
     /// other replicas publish. If it was not, the store is cleared (it may
     /// have missed some) and then answers from what it learns again. Returns
@@ -262,27 +284,45 @@ pub(crate) fn encode(origin: u64, invalidation: &Invalidation) -> String {
 
 /// Reads a message. A message that cannot be read yields `(None, Clear)`:
 /// it may be an invalidation from a newer version, and clearing is safe.
+///
+/// Besides `tmc1`, reads `tmc2 <origin> <generation> …`, which a
+/// [shared store](crate::bus::redis::SharedStore) publishes from Redis with
+/// the invalidation generation it moved to (see [`generation`]).
 #[cfg_attr(not(any(feature = "redis", test)), allow(dead_code))]
 pub(crate) fn decode(message: &[u8]) -> (Option<u64>, Invalidation) {
-    let parsed = std::str::from_utf8(message).ok().and_then(|text| {
-        let mut parts = text.splitn(4, ' ');
-        if parts.next()? != "tmc1" {
-            return None;
-        }
-        let origin = u64::from_str_radix(parts.next()?, 16).ok()?;
-        let invalidation = match (parts.next()?, parts.next()) {
-            ("key", Some(key)) => Invalidation::Key(key.into()),
-            ("prefix", Some(prefix)) => Invalidation::Prefix(prefix.into()),
-            ("tag", Some(tag)) if !tag.is_empty() => Invalidation::Tag(tag.into()),
-            ("clear", None) => Invalidation::Clear,
-            _ => return None,
-        };
-        Some((origin, invalidation))
-    });
-    match parsed {
-        Some((origin, invalidation)) => (Some(origin), invalidation),
+    match parse(message) {
+        Some((origin, _, invalidation)) => (Some(origin), invalidation),
         None => (None, Invalidation::Clear),
     }
+}
+
+/// The generation a `tmc2` message carries.
+#[cfg_attr(not(any(feature = "redis", test)), allow(dead_code))]
+pub(crate) fn generation(message: &[u8]) -> Option<u64> {
+    parse(message).and_then(|(_, generation, _)| generation)
+}
+
+fn parse(message: &[u8]) -> Option<(u64, Option<u64>, Invalidation)> {
+    let text = std::str::from_utf8(message).ok()?;
+    let (version, rest) = text.split_once(' ')?;
+    let (origin, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    let origin = u64::from_str_radix(origin, 16).ok()?;
+    let (generation, rest) = match version {
+        "tmc1" => (None, rest),
+        "tmc2" => {
+            let (generation, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+            (Some(generation.parse().ok()?), rest)
+        }
+        _ => return None,
+    };
+    let invalidation = match rest.split_once(' ') {
+        Some(("key", key)) => Invalidation::Key(key.into()),
+        Some(("prefix", prefix)) => Invalidation::Prefix(prefix.into()),
+        Some(("tag", tag)) if !tag.is_empty() => Invalidation::Tag(tag.into()),
+        None if rest == "clear" => Invalidation::Clear,
+        _ => return None,
+    };
+    Some((origin, generation, invalidation))
 }
 
 #[cfg(test)]
@@ -528,14 +568,33 @@ mod tests {
             assert_eq!(decode(text.as_bytes()), (Some(0xfeed), invalidation));
         }
         for junk in [
-            &b"tmc2 0 clear"[..],
+            &b"tmc3 0 clear"[..],
+            b"tmc2 0 clear",
+            b"tmc2 0 x key /a",
             b"tmc1 zz key /a",
             b"tmc1 1 key",
             b"tmc1 1 tag ",
             b"tmc1 1 tag",
+            b"tmc1 1 clear x",
+            b"tmc1",
             b"\xff",
         ] {
             assert_eq!(decode(junk), (None, Invalidation::Clear));
+            assert_eq!(generation(junk), None);
         }
+    }
+
+    #[test]
+    fn shared_store_messages_carry_a_generation() {
+        let (origin, invalidation) = decode(b"tmc2 00000000000000ff 42 key /a b");
+        assert_eq!(origin, Some(0xff));
+        assert_eq!(invalidation, Invalidation::Key("/a b".into()));
+        assert_eq!(generation(b"tmc2 00000000000000ff 42 key /a b"), Some(42));
+        assert_eq!(generation(b"tmc2 1 7 clear"), Some(7));
+        assert_eq!(
+            decode(b"tmc2 1 7 prefix /media/"),
+            (Some(1), Invalidation::Prefix("/media/".into()))
+        );
+        assert_eq!(generation(b"tmc1 1 clear"), None);
     }
 }

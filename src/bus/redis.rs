@@ -48,6 +48,8 @@ use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, timeout};
 
+use super::redis_store::RedisLevel2;
+pub use super::redis_store::{DEFAULT_PREFIX, SharedStore};
 use super::{BusLink, Invalidation, InvalidationBus, decode, encode};
 
 /// The channel used unless [`RedisBusBuilder::channel`] says otherwise.
@@ -77,6 +79,7 @@ impl fmt::Debug for RedisBus {
         f.debug_struct("RedisBus")
             .field("channel", &self.shared.channel)
             .field("connected", &self.is_connected())
+            .field("shared_store", &self.shared.level2)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +97,7 @@ impl RedisBus {
             connect_timeout: Duration::from_secs(2),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            shared_store: None,
         }
     }
 
@@ -116,6 +120,9 @@ impl RedisBus {
 
 impl InvalidationBus for RedisBus {
     fn attach(&self, link: BusLink) {
+        if let Some(level2) = &self.shared.level2 {
+            link.attach_second_level(level2.clone());
+        }
         let mut links = self.shared.links();
         if self.shared.connected.load(Ordering::SeqCst) {
             link.set_connected();
@@ -148,6 +155,7 @@ pub struct RedisBusBuilder {
     connect_timeout: Duration,
     min_backoff: Duration,
     max_backoff: Duration,
+    shared_store: Option<SharedStore>,
 }
 
 impl fmt::Debug for RedisBusBuilder {
@@ -160,6 +168,7 @@ impl fmt::Debug for RedisBusBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("min_backoff", &self.min_backoff)
             .field("max_backoff", &self.max_backoff)
+            .field("shared_store", &self.shared_store)
             .finish_non_exhaustive()
     }
 }
@@ -203,6 +212,13 @@ impl RedisBusBuilder {
         self
     }
 
+    /// Shares what every replica learns through Redis too, as a second
+    /// level of the validator store: see [`SharedStore`]. Off by default.
+    pub fn shared_store(mut self, store: SharedStore) -> Self {
+        self.shared_store = Some(store);
+        self
+    }
+
     /// Starts the connection task on the current Tokio runtime and returns
     /// the bus, not yet connected: a layer given it answers nothing from
     /// its store until it connects.
@@ -218,6 +234,10 @@ impl RedisBusBuilder {
             channel: self.channel.clone(),
             connected: AtomicBool::new(false),
             links: Mutex::new(Vec::new()),
+            level2: self
+                .shared_store
+                .clone()
+                .map(|store| Arc::new(RedisLevel2::new(store, runtime.clone()))),
         });
         let (outbox, inbox) = mpsc::unbounded_channel();
         runtime.spawn(run(client, self, shared.clone(), inbox));
@@ -262,6 +282,8 @@ struct Shared {
     /// The attached stores. State changes and deliveries happen under this
     /// lock, so an attach sees either the state before or after a change.
     links: Mutex<Vec<BusLink>>,
+    /// The shared second level, when configured.
+    level2: Option<Arc<RedisLevel2>>,
 }
 
 impl Shared {
@@ -281,9 +303,15 @@ impl Shared {
         let mut links = self.links();
         self.connected.store(false, Ordering::SeqCst);
         links.retain(|link| link.set_disconnected(&reason));
+        if let Some(level2) = &self.level2 {
+            level2.end();
+        }
     }
 
     fn deliver(&self, payload: &[u8]) {
+        if let Some(level2) = &self.level2 {
+            level2.heard(payload);
+        }
         let (origin, invalidation) = decode(payload);
         if origin.is_none() {
             tracing::warn!(
@@ -335,6 +363,8 @@ struct Session {
     sink: PubSubSink,
     stream: PubSubStream,
     publisher: MultiplexedConnection,
+    /// The shared store's generations, read once subscribed.
+    generations: Option<super::redis_store::Generations>,
 }
 
 /// How a session ended.
@@ -359,15 +389,20 @@ async fn run(
     let mut ever_connected = false;
     let mut failure_logged = false;
     loop {
-        let connecting = connect(&client, &settings, &shared.channel);
+        let connecting = connect(&client, &settings, &shared);
         let Some(result) = until_closed(&mut inbox, &mut pending, connecting).await else {
             return;
         };
         match result {
-            Ok(session) => {
+            Ok(mut session) => {
                 backoff = settings.min_backoff;
                 ever_connected = true;
                 failure_logged = false;
+                if let (Some(level2), Some(generations)) =
+                    (&shared.level2, session.generations.take())
+                {
+                    level2.begin(session.publisher.clone(), generations);
+                }
                 shared.set_connected();
                 tracing::debug!(channel = %shared.channel, "subscribed to the invalidation channel");
                 match serve(session, &settings, &shared, &mut inbox, &mut pending).await {
@@ -429,16 +464,22 @@ async fn until_closed<F: Future>(
 async fn connect(
     client: &redis::Client,
     settings: &RedisBusBuilder,
-    channel: &str,
+    shared: &Shared,
 ) -> Result<Session, String> {
     let connecting = async {
         let (mut sink, stream) = client.get_async_pubsub().await?.split();
-        sink.subscribe(channel).await?;
-        let publisher = client.get_multiplexed_async_connection().await?;
+        sink.subscribe(&shared.channel).await?;
+        let mut publisher = client.get_multiplexed_async_connection().await?;
+        // Subscribed first: a generation moved after this read is heard.
+        let generations = match &shared.level2 {
+            Some(level2) => Some(level2.read_generations(&mut publisher).await?),
+            None => None,
+        };
         Ok::<_, redis::RedisError>(Session {
             sink,
             stream,
             publisher,
+            generations,
         })
     };
     match timeout(settings.connect_timeout, connecting).await {
@@ -505,9 +546,17 @@ async fn publish(
     shared: &Shared,
     message: &Outgoing,
 ) -> Result<(), String> {
-    let payload = encode(message.origin, &message.invalidation);
-    let mut command = redis::cmd("PUBLISH");
-    command.arg(&shared.channel).arg(payload);
+    let command = match &shared.level2 {
+        // Deletes the shared record and moves its generation in the same
+        // step as publishing.
+        Some(level2) => level2.invalidate(&shared.channel, message.origin, &message.invalidation),
+        None => {
+            let payload = encode(message.origin, &message.invalidation);
+            let mut command = redis::cmd("PUBLISH");
+            command.arg(&shared.channel).arg(payload);
+            command
+        }
+    };
     let publishing = command.query_async::<i64>(publisher);
     match timeout(settings.ping_timeout, publishing).await {
         Ok(Ok(_receivers)) => Ok(()),

@@ -12,6 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::body::{Buffered, ResponseBody};
+use crate::bus::shared::Lookup;
 use crate::coalesce::Waiting;
 use crate::exchange::Exchange;
 use crate::inner::Pending;
@@ -20,7 +21,7 @@ use crate::validators::ContentHasher;
 use crate::write::Fetched;
 
 mod steps;
-use steps::{after_turn, answered, decided, fetched, judged, read};
+use steps::{after_turn, answered, decided, fetched, judged, looked_up, read};
 
 /// The inner service and the request, waiting for the future to call.
 pub(crate) type Held<F> = Box<dyn Pending<F>>;
@@ -53,6 +54,10 @@ pin_project! {
         WaitingTurn { turn: WriteTurn, probe: Option<ProbeFuture>, held: Option<Held<F>> },
         // The probe tells the current validators.
         Probing { probe: ProbeFuture, held: Option<Held<F>> },
+        // The shared second level is asked for the entry the local store
+        // lacks (within its timeout); then as a local hit or miss. `keep`:
+        // the service is kept for an internal GET after a HEAD.
+        LookingUp { lookup: Lookup, held: Option<Held<F>>, keep: bool },
         // The internal GET that learns the current validators: of a write's
         // target, or of a HEAD answered without a body to hash (`head`).
         Fetching { #[pin] future: F, held: Option<Held<F>>, head: Option<Box<Answered<B>>> },
@@ -159,6 +164,12 @@ impl<F, B: Body> ResponseFuture<F, B> {
         Self::with(State::Probing { probe, held }, Some(exchange))
     }
 
+    /// The shared second level is asked first.
+    pub(crate) fn looking(lookup: Lookup, held: Held<F>, keep: bool, exchange: Exchange) -> Self {
+        let held = Some(held);
+        Self::with(State::LookingUp { lookup, held, keep }, Some(exchange))
+    }
+
     /// A conditional write waits for its turn.
     pub(crate) fn conditional_write(
         turn: WriteTurn,
@@ -206,6 +217,10 @@ where
                     let validators = ready!(probe.as_mut().poll(cx));
                     let outcome = exchange(this.exchange).after_probe(validators);
                     decided(outcome, held.take())
+                }
+                StateProj::LookingUp { lookup, held, keep } => {
+                    let looked = ready!(Pin::new(lookup).poll(cx));
+                    looked_up(exchange(this.exchange), looked, held.take(), *keep)
                 }
                 StateProj::Fetching { future, held, head } => {
                     let answer = ready!(future.poll(cx));

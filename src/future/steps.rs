@@ -8,6 +8,7 @@ use http_body::Body;
 
 use super::{Answered, Call, Held, Reading, State};
 use crate::body::Buffered;
+use crate::bus::shared::Looked;
 use crate::coalesce::Landed;
 use crate::exchange::{Exchange, Outcome, Plan, Source};
 use crate::handle::Counter;
@@ -91,6 +92,23 @@ pub(super) fn decided<F, B: Body>(outcome: Outcome<B>, held: Option<Held<F>>) ->
             held,
             call: Some(Call::Request { strip_range }),
         },
+    }
+}
+
+/// The shared second level answered (or not in time): a 304 or 412 from
+/// what it had, or the service is called as on a local miss.
+pub(super) fn looked_up<F, B: Body>(
+    exchange: &mut Exchange,
+    looked: Looked,
+    held: Option<Held<F>>,
+    keep: bool,
+) -> State<F, B> {
+    match exchange.after_lookup(looked) {
+        Outcome::Call { .. } if keep => State::Calling {
+            held,
+            call: Some(Call::Keeping),
+        },
+        outcome => decided(outcome, held),
     }
 }
 

@@ -13,6 +13,7 @@ use http_body::Body;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::body::{Buffered, Filled, ResponseBody};
+use crate::cache_status::Report;
 use crate::config::Config;
 use crate::fingerprint::Fingerprint;
 use crate::handle::Counter;
@@ -101,7 +102,24 @@ pub(crate) struct Exchange {
     /// body, too): its validators are the `GET`'s.
     hashed: bool,
     first_seen: Option<HttpDate>,
+    /// What `Cache-Status` and the metrics say of the exchange: see
+    /// [`Exchange::report`].
+    outcome: Happened,
 }
+
+/// What happened to a request, as [`Exchange::report`] tells it.
+#[derive(Default)]
+struct Happened {
+    /// The counters this exchange moved (one bit per [`Counter`]).
+    seen: std::cell::Cell<u32>,
+    /// The status the service answered the request with.
+    forwarded: Option<StatusCode>,
+    /// A trusted entry or a probe could have answered, but the request
+    /// asked for the origin.
+    refused_stored: bool,
+}
+
+const _: () = assert!(Counter::COUNT <= 32, "one bit per counter");
 
 impl Exchange {
     pub(crate) fn new<ReqBody>(
@@ -136,6 +154,7 @@ impl Exchange {
             validators: Validators::new(),
             hashed: false,
             first_seen: None,
+            outcome: Happened::default(),
         }
     }
 
@@ -168,7 +187,71 @@ impl Exchange {
     }
 
     pub(crate) fn count(&self, counter: Counter) {
-        self.config.store.counters.bump(counter);
+        self.config.count(counter, self.route);
+        self.saw(counter);
+    }
+
+    /// Remembers that this exchange moved `counter`.
+    fn saw(&self, counter: Counter) {
+        let seen = &self.outcome.seen;
+        seen.set(seen.get() | 1 << counter as u32);
+    }
+
+    fn has_seen(&self, counter: Counter) -> bool {
+        self.outcome.seen.get() & (1 << counter as u32) != 0
+    }
+
+    /// A trusted entry or a probe could have answered, but the request
+    /// asked for the origin (`Cache-Control: no-cache`).
+    pub(crate) fn refuse_stored(&mut self) {
+        self.outcome.refused_stored = true;
+    }
+
+    /// What the layer did with the request, for `Cache-Status` (RFC 9211):
+    /// answered alone unless the service answered the request or an
+    /// internal `GET`; else why it was forwarded, and what came of it.
+    fn report(&self) -> Report {
+        use crate::cache_status::{Detail, Forward};
+        if self.outcome.forwarded.is_none() && !self.has_seen(Counter::ValidatorFetches) {
+            // The trust left, when a trusted entry (not a probe) answered.
+            let ttl = self
+                .trusted_entry()
+                .filter(|_| !self.has_seen(Counter::Probes))
+                .and_then(|entry| entry.trusted_until.seconds_left(self.now));
+            return Report::Hit { ttl };
+        }
+        let fwd = if !(self.is_get() || self.method == Method::HEAD) {
+            Forward::Method
+        } else if self.outcome.refused_stored {
+            Forward::Request
+        } else if self.entry.is_some() && self.trusted_entry().is_none() {
+            Forward::Stale
+        } else {
+            Forward::Miss
+        };
+        let detail = if self.has_seen(Counter::BufferBudgetExhausted) {
+            Some(Detail::BufferBudget)
+        } else if self.has_seen(Counter::StreamedUnhashed) {
+            Some(Detail::BodyTooLarge)
+        } else if self.has_seen(Counter::NotLearnedTooLarge) {
+            Some(Detail::EntryTooLarge)
+        } else {
+            None
+        };
+        Report::Forwarded {
+            fwd,
+            status: self.outcome.forwarded,
+            stored: self.has_seen(Counter::Learned),
+            detail,
+        }
+    }
+
+    /// Adds the layer's `Cache-Status` member to the answer, when the layer
+    /// is configured to.
+    pub(crate) fn mark<B>(&self, response: &mut Response<B>) {
+        if let Some(name) = &self.config.cache_status {
+            self.report().append_to(response.headers_mut(), name);
+        }
     }
 
     /// The entry found in `call`, when it may answer without the service
@@ -292,6 +375,7 @@ impl Exchange {
     /// Apply policy and validators to the inner service's head, and decide
     /// whether the body must be read before answering.
     pub(crate) fn plan<B: Body>(&mut self, head: &mut response::Parts, body: &B) -> Plan<B> {
+        self.outcome.forwarded = Some(head.status);
         if !(self.is_get() || self.method == Method::HEAD) {
             self.after_other_method(head);
             return Plan::Finish;
@@ -695,10 +779,22 @@ impl Exchange {
                 .or_else(|| self.validators.last_modified_date())
                 .unwrap_or_else(|| HttpDate::from_system_time(self.now)),
         };
-        // Refusals are counted and traced by the store.
-        let _ = self
+        // Counted in `Stats` and traced by the store; the exchange exports
+        // them with the route and remembers them for `Cache-Status`.
+        let learned = self
             .config
             .store
             .learn(self.key, self.selecting(), &vary, entry, self.epoch);
+        let counter = match learned {
+            Ok(()) => Some(Counter::Learned),
+            Err(store::NotLearned::TooLarge) => Some(Counter::NotLearnedTooLarge),
+            Err(store::NotLearned::Invalidated) => None,
+        };
+        if let Some(counter) = counter {
+            self.saw(counter);
+            self.config.export(counter, self.route);
+        }
+        #[cfg(feature = "metrics")]
+        crate::metrics::store_gauges(&self.config.store);
     }
 }

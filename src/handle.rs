@@ -12,23 +12,43 @@ use http::Uri;
 use crate::store::Store;
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $field:ident => $name:ident, )*) => {
+    ($( $(#[doc = $doc:literal])* $field:ident => $name:ident, )*) => {
         /// The name of one of the layer's counters.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub(crate) enum Counter {
-            $( $(#[$doc])* $name, )*
+            $( $(#[doc = $doc])* $name, )*
         }
 
         impl Counter {
             /// How many counters there are.
-            const COUNT: usize = [$( Counter::$name, )*].len();
+            pub(crate) const COUNT: usize = [$( Counter::$name, )*].len();
+
+            /// Every counter, in the order of the list.
+            #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+            pub(crate) const ALL: [Counter; Self::COUNT] = [$( Counter::$name, )*];
+
+            /// Its name as a metric: `tower_media_cache_<field>_total`.
+            #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+            pub(crate) fn metric_name(self) -> &'static str {
+                match self {
+                    $( Counter::$name => concat!("tower_media_cache_", stringify!($field), "_total"), )*
+                }
+            }
+
+            /// Its description: the doc comment of its `Stats` field.
+            #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+            pub(crate) fn description(self) -> &'static str {
+                match self {
+                    $( Counter::$name => concat!($($doc, "\n",)*).trim_ascii(), )*
+                }
+            }
         }
 
         /// A snapshot of the layer's counters, from [`CacheHandle::stats`].
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         #[non_exhaustive]
         pub struct Stats {
-            $( $(#[$doc])* pub $field: u64, )*
+            $( $(#[doc = $doc])* pub $field: u64, )*
             /// Variants in the store now.
             pub entries: u64,
             /// Bytes the store's entries hold now (an estimate of everything
@@ -111,6 +131,23 @@ impl Default for Counters {
     }
 }
 
+impl Counter {
+    /// Whether the counter belongs to the store as a whole, not to a
+    /// request's route: its metric carries no `route` label and is exported
+    /// where it is counted. The others are exported by the request's
+    /// exchange, with the route ([`Config::count`](crate::config::Config::count)).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn is_store_wide(self) -> bool {
+        matches!(
+            self,
+            Counter::Evicted
+                | Counter::Invalidated
+                | Counter::BusReceived
+                | Counter::BusDisconnectedFallbacks
+        )
+    }
+}
+
 impl Counters {
     /// Counts one more.
     pub(crate) fn bump(&self, counter: Counter) {
@@ -120,6 +157,10 @@ impl Counters {
     /// Counts `n` more.
     pub(crate) fn add(&self, counter: Counter, n: u64) {
         self.counts[counter as usize].fetch_add(n, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        if counter.is_store_wide() {
+            crate::metrics::count_store_wide(counter, n);
+        }
     }
 
     /// The count so far.
@@ -169,10 +210,12 @@ impl CacheHandle {
     /// With an [invalidation bus](crate::bus), the other replicas are told
     /// too, before this returns (queued on the bus).
     pub fn invalidate(&self, uri: &str) -> bool {
-        match uri.parse::<Uri>() {
+        let found = match uri.parse::<Uri>() {
             Ok(parsed) => self.store.invalidate(parsed.path()),
             Err(_) => self.store.invalidate(uri),
-        }
+        };
+        self.refresh_gauges();
+        found
     }
 
     /// Forgets every resource whose path starts with `prefix` (for example
@@ -181,11 +224,13 @@ impl CacheHandle {
     /// store.
     pub fn invalidate_prefix(&self, prefix: &str) {
         self.store.invalidate_prefix(prefix);
+        self.refresh_gauges();
     }
 
     /// Forgets everything.
     pub fn clear(&self) {
         self.store.clear();
+        self.refresh_gauges();
     }
 
     /// Whether the store may answer from its entries as far as the
@@ -195,8 +240,17 @@ impl CacheHandle {
         self.store.bus_connected()
     }
 
-    /// A snapshot of the counters.
+    /// With the `metrics` feature, sets the store's gauges to what it
+    /// holds now.
+    fn refresh_gauges(&self) {
+        #[cfg(feature = "metrics")]
+        crate::metrics::store_gauges(&self.store);
+    }
+
+    /// A snapshot of the counters (with the `metrics` feature, the store's
+    /// gauges are set too).
     pub fn stats(&self) -> Stats {
+        self.refresh_gauges();
         Stats {
             entries: self.store.len() as u64,
             store_bytes: self.store.bytes(),

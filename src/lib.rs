@@ -41,6 +41,7 @@
 //!
 //! See the README for the policies, trust modes, ranges and invalidation.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -51,6 +52,7 @@
 
 mod body;
 pub mod bus;
+pub mod cache_status;
 mod classify;
 mod config;
 mod exchange;
@@ -61,6 +63,9 @@ mod headers;
 mod inner;
 mod key;
 mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod policy;
 pub mod preconditions;
 mod range;
@@ -73,6 +78,7 @@ mod write;
 
 pub use body::ResponseBody;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use bus::redis::RedisBus;
 pub use bus::{BusLink, Invalidation, InvalidationBus, NoopBus};
 pub use fingerprint::{fingerprint_with, fingerprinted_path};

@@ -91,6 +91,7 @@ use crate::store::Store;
 pub(crate) mod gate;
 
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 
 /// One invalidation, as carried between replicas.

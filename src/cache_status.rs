@@ -42,8 +42,8 @@
 //! # }
 //! ```
 
-use std::fmt::Write as _;
-
+use bytes::Bytes;
+use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 /// `Cache-Status`, RFC 9211 §2.
@@ -105,6 +105,22 @@ fn is_sf_token(name: &str) -> bool {
 /// `tchar`, RFC 9110 §5.6.2.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Appends `n` in decimal (an `sf-integer`, RFC 8941 §3.3.1), without the
+/// formatting machinery: this runs on every answer.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Why the layer forwarded a request to the service (the `fwd` parameter,
@@ -183,14 +199,15 @@ pub(crate) enum Report {
 
 impl Report {
     /// The list member: the name, then the parameters.
-    fn member(self, name: &CacheName) -> String {
-        let mut member = String::with_capacity(name.rendered.len() + 48);
-        member.push_str(&name.rendered);
+    fn member(self, name: &CacheName) -> Vec<u8> {
+        let mut member = Vec::with_capacity(name.rendered.len() + 64);
+        member.extend_from_slice(name.rendered.as_bytes());
         match self {
             Report::Hit { ttl } => {
-                member.push_str("; hit");
+                member.extend_from_slice(b"; hit");
                 if let Some(ttl) = ttl {
-                    let _ = write!(member, "; ttl={ttl}");
+                    member.extend_from_slice(b"; ttl=");
+                    push_decimal(&mut member, ttl);
                 }
             }
             Report::Forwarded {
@@ -199,15 +216,18 @@ impl Report {
                 stored,
                 detail,
             } => {
-                let _ = write!(member, "; fwd={}", fwd.token());
+                member.extend_from_slice(b"; fwd=");
+                member.extend_from_slice(fwd.token().as_bytes());
                 if let Some(status) = status {
-                    let _ = write!(member, "; fwd-status={}", status.as_u16());
+                    member.extend_from_slice(b"; fwd-status=");
+                    push_decimal(&mut member, u64::from(status.as_u16()));
                 }
                 if stored {
-                    member.push_str("; stored");
+                    member.extend_from_slice(b"; stored");
                 }
                 if let Some(detail) = detail {
-                    let _ = write!(member, "; detail={}", detail.token());
+                    member.extend_from_slice(b"; detail=");
+                    member.extend_from_slice(detail.token().as_bytes());
                 }
             }
         }
@@ -220,24 +240,27 @@ impl Report {
     /// into one, each kept as sent; empty lines are dropped.
     pub(crate) fn append_to(self, headers: &mut HeaderMap, name: &CacheName) {
         let member = self.member(name);
-        let mut list: Vec<u8> = Vec::new();
-        for line in headers.get_all(CACHE_STATUS) {
-            let line = crate::headers::trim_ows(line.as_bytes());
-            if !line.is_empty() {
-                list.extend_from_slice(line);
-                list.extend_from_slice(b", ");
+        match headers.entry(CACHE_STATUS) {
+            Entry::Vacant(vacant) => {
+                // Every part is a valid field value, so this cannot fail;
+                // should it, the answer goes without the member.
+                if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(member)) {
+                    vacant.insert(value);
+                }
             }
-        }
-        list.extend_from_slice(member.as_bytes());
-        match HeaderValue::from_bytes(&list) {
-            Ok(value) => {
-                headers.insert(CACHE_STATUS, value);
-            }
-            // Unreachable: every part was a valid field value. Should it
-            // happen, the member is added on a line of its own.
-            Err(_) => {
-                if let Ok(value) = HeaderValue::try_from(member) {
-                    headers.append(CACHE_STATUS, value);
+            Entry::Occupied(mut lines) => {
+                let mut list: Vec<u8> = Vec::new();
+                for line in lines.iter() {
+                    let line = crate::headers::trim_ows(line.as_bytes());
+                    if !line.is_empty() {
+                        list.extend_from_slice(line);
+                        list.extend_from_slice(b", ");
+                    }
+                }
+                list.extend_from_slice(&member);
+                // The lines as received (obs-text included) and the member.
+                if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(list)) {
+                    lines.insert(value);
                 }
             }
         }
@@ -280,12 +303,18 @@ mod tests {
         };
         assert_eq!(
             forwarded.member(&name),
-            "layer; fwd=stale; fwd-status=200; stored; detail=buffer-budget"
+            b"layer; fwd=stale; fwd-status=200; stored; detail=buffer-budget"
         );
         assert_eq!(
             Report::Hit { ttl: Some(60) }.member(&name),
-            "layer; hit; ttl=60"
+            b"layer; hit; ttl=60"
         );
+        let mut decimal = Vec::new();
+        for n in [0, 7, 10, 259_200, u64::MAX] {
+            decimal.clear();
+            push_decimal(&mut decimal, n);
+            assert_eq!(decimal, n.to_string().as_bytes());
+        }
     }
 
     #[test]
@@ -303,6 +332,19 @@ mod tests {
         assert_eq!(
             lines,
             ["origin-proxy; hit, shield; fwd=uri-miss, layer; hit"]
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_kept_byte_for_byte() {
+        let name = CacheName::new("layer").unwrap();
+        let mut headers = HeaderMap::new();
+        let odd = HeaderValue::from_bytes(b"proxy; detail=\"caf\xe9\"").unwrap();
+        headers.append(CACHE_STATUS, odd);
+        Report::Hit { ttl: None }.append_to(&mut headers, &name);
+        assert_eq!(
+            headers[CACHE_STATUS].as_bytes(),
+            b"proxy; detail=\"caf\xe9\", layer; hit"
         );
     }
 }

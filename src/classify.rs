@@ -63,9 +63,8 @@ impl Answer {
             Answer::NotModified(found) => {
                 config.count(Counter::ShortCircuitNotModified, route);
                 tracing::debug!(key = uri.path(), "304 from the validator store");
-                let ttl = found.entry().trusted_until.seconds_left(now);
                 let response = build::from_entry(found.entry(), now, ResponseBody::empty());
-                (response, ttl)
+                (response, found.entry().trusted_until.seconds_left(now))
             }
             Answer::Failed(current, ttl) => {
                 config.count(Counter::ShortCircuitPreconditionFailed, route);

@@ -795,6 +795,6 @@ impl Exchange {
             self.config.export(counter, self.route);
         }
         #[cfg(feature = "metrics")]
-        crate::metrics::store_gauges(&self.config.store);
+        crate::metrics::store_gauges_after_learn(&self.config.store, self.now);
     }
 }

@@ -120,6 +120,10 @@ pub(crate) struct Counters {
     counts: [AtomicU64; Counter::COUNT],
     /// A gauge, not a counter: the variants in the store now.
     variants: AtomicU64,
+    /// When the `metrics` gauges were last set after a learn (whole seconds
+    /// since the epoch, plus one; 0 = never).
+    #[cfg(feature = "metrics")]
+    pub(crate) gauges_set_at: AtomicU64,
 }
 
 impl Default for Counters {
@@ -127,6 +131,8 @@ impl Default for Counters {
         Self {
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
             variants: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            gauges_set_at: AtomicU64::new(0),
         }
     }
 }

@@ -92,4 +92,10 @@ pub use layer::{
 pub use policy::{CachePolicy, Probe, ProbeFuture, Trust};
 pub use range::MAX_RANGES;
 pub use service::MediaCache;
+
+/// Every `rust` block of the README is compiled and run as a doc test, so
+/// the README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 pub use validators::{Validators, content_etag};

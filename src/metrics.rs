@@ -21,11 +21,12 @@
 //! routes are not counted. Each metric counts exactly what the `Stats`
 //! field of the same name counts (summed over its `route` labels).
 //!
-//! The counters are incremented as things happen. The gauges are set after
-//! every validator learned, every invalidation through a
-//! [`CacheHandle`](crate::CacheHandle) and every
-//! [`CacheHandle::stats`](crate::CacheHandle::stats); invalidations received
-//! over the bus show in them at the next of those.
+//! The counters are incremented as things happen. The gauges are set at
+//! every invalidation through a [`CacheHandle`](crate::CacheHandle), every
+//! [`CacheHandle::stats`](crate::CacheHandle::stats), and after learning at
+//! most once a second (the byte total is a sum over the store's shards);
+//! evictions and invalidations received over the bus show in them at the
+//! next of those.
 //!
 //! Several layers in one process add to the same series (the counters sum;
 //! each sets the gauges to its own store's figures): give them distinct
@@ -79,6 +80,8 @@
 //! ```
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use metrics::SharedString;
 
@@ -131,6 +134,19 @@ pub(crate) fn count(counter: Counter, pattern: Option<&Arc<str>>) {
 /// `n` more of a counter of the store as a whole.
 pub(crate) fn count_store_wide(counter: Counter, n: u64) {
     metrics::counter!(counter.metric_name()).increment(n);
+}
+
+/// After a learn at `now`: sets the store's gauges at most once per second
+/// (the store's byte total is a sum over its shards; the first learn in each
+/// second pays for it, the others do not).
+pub(crate) fn store_gauges_after_learn(store: &Store, now: SystemTime) {
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+        .saturating_add(1);
+    if store.counters.gauges_set_at.swap(second, Ordering::Relaxed) != second {
+        store_gauges(store);
+    }
 }
 
 /// Sets the store's gauges to what it holds now.

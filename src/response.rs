@@ -88,11 +88,13 @@ pub(crate) fn not_modified_headers(headers: &HeaderMap) -> HeaderMap {
 /// The header set a store entry keeps for its 304s: what
 /// [`not_modified_headers`] keeps of the `200`, with `Date` as the first
 /// entry so that [`not_modified`] overwrites it in place (no hashing, no
-/// growth of the map) on every answer. Without `Cache-Status`: the caches
+/// growth of the map) on every answer, with room for one more field. Without `Cache-Status`: the caches
 /// upstream of the layer that handled that `200` take no part in the 304s
 /// the store answers later (RFC 9211 §2).
 pub(crate) fn stored_not_modified_headers(headers: &HeaderMap, now: SystemTime) -> HeaderMap {
-    let mut stored = HeaderMap::with_capacity(headers.len() + 1);
+    // One slot to spare (clones keep it): a `Cache-Status` added to each
+    // answer does not make the map grow and rehash.
+    let mut stored = HeaderMap::with_capacity(headers.len() + 2);
     stored.insert(DATE, date_value(now));
     stored.extend(not_modified_headers(headers));
     stored.remove(crate::cache_status::CACHE_STATUS);

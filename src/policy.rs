@@ -291,7 +291,10 @@ impl CachePolicy {
     }
 
     /// Replace a `Cache-Control` the inner service already set. By default
-    /// the service's own value is kept.
+    /// the service's own value is kept. The targeted fields follow: with
+    /// this, the policy's `CDN-Cache-Control` and `Surrogate-Control`
+    /// replace the service's, and a policy without a [`cdn`](Self::cdn)
+    /// policy removes them.
     pub fn override_existing(mut self) -> Self {
         self.override_existing = true;
         self

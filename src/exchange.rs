@@ -5,6 +5,8 @@
 //! preconditions hold, what is learned.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
 use http::header::{ACCEPT_RANGES, ETAG, EXPIRES, LAST_MODIFIED, RANGE, SET_COOKIE};
@@ -104,14 +106,16 @@ pub(crate) struct Exchange {
     first_seen: Option<HttpDate>,
     /// What `Cache-Status` and the metrics say of the exchange: see
     /// [`Exchange::report`].
-    outcome: Happened,
+    happened: Happened,
 }
 
 /// What happened to a request, as [`Exchange::report`] tells it.
 #[derive(Default)]
 struct Happened {
-    /// The counters this exchange moved (one bit per [`Counter`]).
-    seen: std::cell::Cell<u32>,
+    /// The counters this exchange moved (one bit per [`Counter`]). Atomic
+    /// only to keep the exchange `Sync` through `&self` (one owner: a plain
+    /// load and store, never contended).
+    seen: AtomicU32,
     /// The status the service answered the request with.
     forwarded: Option<StatusCode>,
     /// A trusted entry or a probe could have answered, but the request
@@ -154,7 +158,7 @@ impl Exchange {
             validators: Validators::new(),
             hashed: false,
             first_seen: None,
-            outcome: Happened::default(),
+            happened: Happened::default(),
         }
     }
 
@@ -193,18 +197,18 @@ impl Exchange {
 
     /// Remembers that this exchange moved `counter`.
     fn saw(&self, counter: Counter) {
-        let seen = &self.outcome.seen;
-        seen.set(seen.get() | 1 << counter as u32);
+        let seen = &self.happened.seen;
+        seen.store(seen.load(Relaxed) | 1 << counter as u32, Relaxed);
     }
 
     fn has_seen(&self, counter: Counter) -> bool {
-        self.outcome.seen.get() & (1 << counter as u32) != 0
+        self.happened.seen.load(Relaxed) & (1 << counter as u32) != 0
     }
 
     /// A trusted entry or a probe could have answered, but the request
     /// asked for the origin (`Cache-Control: no-cache`).
     pub(crate) fn refuse_stored(&mut self) {
-        self.outcome.refused_stored = true;
+        self.happened.refused_stored = true;
     }
 
     /// What the layer did with the request, for `Cache-Status` (RFC 9211):
@@ -212,7 +216,7 @@ impl Exchange {
     /// internal `GET`; else why it was forwarded, and what came of it.
     fn report(&self) -> Report {
         use crate::cache_status::{Detail, Forward};
-        if self.outcome.forwarded.is_none() && !self.has_seen(Counter::ValidatorFetches) {
+        if self.happened.forwarded.is_none() && !self.has_seen(Counter::ValidatorFetches) {
             // The trust left, when a trusted entry (not a probe) answered.
             let ttl = self
                 .trusted_entry()
@@ -222,7 +226,7 @@ impl Exchange {
         }
         let fwd = if !(self.is_get() || self.method == Method::HEAD) {
             Forward::Method
-        } else if self.outcome.refused_stored {
+        } else if self.happened.refused_stored {
             Forward::Request
         } else if self.entry.is_some() && self.trusted_entry().is_none() {
             Forward::Stale
@@ -240,7 +244,7 @@ impl Exchange {
         };
         Report::Forwarded {
             fwd,
-            status: self.outcome.forwarded,
+            status: self.happened.forwarded,
             stored: self.has_seen(Counter::Learned),
             detail,
         }
@@ -375,7 +379,7 @@ impl Exchange {
     /// Apply policy and validators to the inner service's head, and decide
     /// whether the body must be read before answering.
     pub(crate) fn plan<B: Body>(&mut self, head: &mut response::Parts, body: &B) -> Plan<B> {
-        self.outcome.forwarded = Some(head.status);
+        self.happened.forwarded = Some(head.status);
         if !(self.is_get() || self.method == Method::HEAD) {
             self.after_other_method(head);
             return Plan::Finish;

@@ -256,8 +256,8 @@ pub(crate) fn classify<ReqBody>(
     let mut trusted = entry.as_ref().is_some_and(|found| found.may_answer(now));
     // The client asked for the origin: nothing stored answers, and a probe
     // is not asked either (the service answers).
-    let refused_stored = (trusted || (store_allowed && judged && policy.probe_ref().is_some()))
-        && no_cache_requested(headers);
+    let probe_answers = store_allowed && (judged || ranged) && policy.probe_ref().is_some();
+    let refused_stored = (trusted || probe_answers) && no_cache_requested(headers);
     let (entry, probe_allowed) = if refused_stored {
         trusted = false;
         (None, false)
@@ -280,8 +280,7 @@ pub(crate) fn classify<ReqBody>(
             StoreSays::Proceed { strip_range: strip } => strip_range = strip,
         }
     }
-    let probe =
-        probe_allowed && store_allowed && (judged || ranged) && policy.probe_ref().is_some();
+    let probe = probe_allowed && probe_answers;
     let mut plan = Plan::new(route, key, store_allowed, entry);
     plan.refused_stored = refused_stored;
     plan.strip_range = strip_range;

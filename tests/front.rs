@@ -358,6 +358,23 @@ async fn a_request_no_cache_is_not_answered_by_the_probe_either() {
         Some("layer; fwd=request; fwd-status=200; stored")
     );
     assert_eq!((origin.calls(), probed.load(Ordering::SeqCst)), (1, 1));
+
+    // A resumed download (`Range` + `If-Range`) is not checked by the probe
+    // either.
+    let resumed = send(
+        &service,
+        req(get("/a")
+            .header("range", "bytes=0-0")
+            .header("if-range", "\"v1\"")
+            .header(CACHE_CONTROL, "no-cache")),
+    )
+    .await;
+    assert_eq!(resumed.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        resumed.header(STATUS),
+        Some("layer; fwd=request; fwd-status=200; stored")
+    );
+    assert_eq!((origin.calls(), probed.load(Ordering::SeqCst)), (2, 1));
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ if [ ! -x "$venv/bin/redbot" ]; then
 fi
 echo "REDbot $("$venv/bin/pip" show redbot | sed -n 's/^Version: //p')"
 
-cargo build --quiet --example media_server --features metrics
+cargo build --quiet --example media_server --all-features   # the build `cargo test --all-features` made
 log=$(mktemp)
 PORT=0 RUST_LOG=warn target/debug/examples/media_server >"$log" 2>&1 &
 server=$!

@@ -271,3 +271,97 @@ fn own_tags_200(bencher: Bencher, tags: usize) {
         .with_inputs(|| Request::get(media_path(rng.below(PATHS))).body(()).unwrap())
         .bench_local_values(|request| call(&mut service, request));
 }
+
+/// What the production features cost per request (issue 17): the layer as
+/// in `short_circuit_304` (1000 entries, a revalidation answered from the
+/// store) and as in `policy_selection/1` (an unconditional GET learned),
+/// with `Cache-Status` on or off and, with `--features metrics`, a
+/// Prometheus recorder installed or not.
+///
+/// `cargo bench --bench service --features metrics -- front`
+mod front {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Front {
+        /// Neither (with the feature compiled in: no recorder installed).
+        Off,
+        /// `.cache_status("layer")`.
+        CacheStatus,
+        /// A Prometheus recorder for this thread.
+        #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+        Metrics,
+        /// Both.
+        #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+        Both,
+    }
+
+    #[cfg(feature = "metrics")]
+    const FRONTS: &[Front] = &[Front::Off, Front::CacheStatus, Front::Metrics, Front::Both];
+    #[cfg(not(feature = "metrics"))]
+    const FRONTS: &[Front] = &[Front::Off, Front::CacheStatus];
+
+    const ENTRIES: usize = 1000;
+
+    fn layer(front: Front) -> MediaCacheLayer {
+        let layer = MediaCacheLayer::new(CachePolicy::no_cache())
+            .route("/media/{*path}", policy())
+            .store_capacity_bytes(ENTRIES as u64 * 2048);
+        match front {
+            Front::CacheStatus | Front::Both => layer.cache_status("layer"),
+            Front::Off | Front::Metrics => layer,
+        }
+    }
+
+    /// Runs `f` with this thread's recorder as `front` says.
+    fn recording<T>(front: Front, f: impl FnOnce() -> T) -> T {
+        match front {
+            Front::Off | Front::CacheStatus => f(),
+            #[cfg(feature = "metrics")]
+            Front::Metrics | Front::Both => {
+                let recorder =
+                    metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+                let prometheus = recorder.handle();
+                let out = metrics::with_local_recorder(&recorder, f);
+                let scrape = prometheus.render();
+                assert!(scrape.contains("tower_media_cache_"), "{scrape}");
+                out
+            }
+            #[cfg(not(feature = "metrics"))]
+            Front::Metrics | Front::Both => unreachable!(),
+        }
+    }
+
+    #[divan::bench(args = FRONTS, sample_count = 100, min_time = 1, max_time = 5)]
+    fn revalidation_304(bencher: Bencher, front: &Front) {
+        let front = *front;
+        recording(front, || {
+            let mut service = layer(front).layer(service_fn(inner));
+            for i in 0..ENTRIES {
+                let response = call(&mut service, Request::get(media_path(i)).body(()).unwrap());
+                assert_eq!(response.status(), StatusCode::OK);
+            }
+            let response = call(&mut service, conditional(0));
+            assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+            let marked = response.headers().contains_key("cache-status");
+            assert_eq!(marked, matches!(front, Front::CacheStatus | Front::Both));
+            let mut rng = Rng(0x1234_5678_9abc_def1);
+            bencher
+                .with_inputs(|| conditional(rng.below(ENTRIES)))
+                .bench_local_values(|request| call(&mut service, request));
+        })
+    }
+
+    #[divan::bench(args = FRONTS, sample_count = 100, min_time = 1, max_time = 5)]
+    fn learned_200(bencher: Bencher, front: &Front) {
+        let front = *front;
+        recording(front, || {
+            let mut service = layer(front).layer(service_fn(inner));
+            let paths: Vec<String> = (0..PATHS).map(media_path).collect();
+            let mut rng = Rng(0x0fed_cba9_8765_4321);
+            bencher
+                .with_inputs(|| Request::get(&paths[rng.below(PATHS)]).body(()).unwrap())
+                .bench_local_values(|request| call(&mut service, request));
+        })
+    }
+}

@@ -1,13 +1,16 @@
 //! A small media server behind `MediaCacheLayer`.
 //!
 //! ```sh
-//! cargo run --release --example media_server        # http://127.0.0.1:3000/
+//! cargo run --release --example media_server --features metrics  # http://127.0.0.1:3000/
 //! PORT=8080 RUST_LOG=debug cargo run --example media_server
 //! ```
 //!
 //! * `/media/{*path}` serves the files of `examples/media/` (a PNG, a WAV
 //!   tone and a Y4M video, all made by `examples/media/generate.py`) with
-//!   `Cache-Control: public, max-age=259200` and a content `ETag`.
+//!   `Cache-Control: public, max-age=259200` and a content `ETag`; a CDN in
+//!   front is told to keep them for 30 days (`CDN-Cache-Control`, RFC 9213,
+//!   and `Surrogate-Control` for Varnish and Fastly setups), on the
+//!   understanding that it is purged when a file changes.
 //! * `/live/{*path}` is `no-cache`: a generated `snapshot.svg` that changes
 //!   every 10 seconds, and the same files as "latest copies". Caches keep
 //!   them but revalidate on every use; the layer answers `304` while the
@@ -29,7 +32,16 @@
 //! the rest of `/live/` always asks the file server (`Trust::Never`, the
 //! default with `no-cache`) and still gets `304`s from the layer.
 //!
-//! On start it prints two `curl` commands: one showing the `200` with its
+//! Every answer of the layer carries its `Cache-Status` member (RFC 9211):
+//! `tower-media-cache; hit` when it answered alone, `tower-media-cache;
+//! fwd=miss; fwd-status=200; stored` when it asked the file server and
+//! learned the validators.
+//!
+//! With the `metrics` feature, `/metrics` serves the layer's counters in
+//! Prometheus' text format (`metrics-exporter-prometheus` as the `metrics`
+//! recorder), labelled by route pattern.
+//!
+//! On start it prints `curl` commands: one showing the `200` with its
 //! `ETag` and `Cache-Control`, one showing the `304` for a revalidation.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -53,6 +65,13 @@ use tower_media_cache::{
 /// How long fetchers may reuse `/media/` responses without asking: 3 days.
 pub const MEDIA_MAX_AGE: Duration = Duration::from_secs(259_200);
 
+/// How long a CDN in front may keep `/media/` responses: 30 days (it is
+/// purged when a file changes).
+pub const MEDIA_CDN_MAX_AGE: Duration = Duration::from_secs(2_592_000);
+
+/// The server's name in `Cache-Status`.
+pub const CACHE_NAME: &str = "tower-media-cache";
+
 /// How often `/live/snapshot.svg` changes.
 pub const SNAPSHOT_PERIOD: Duration = Duration::from_secs(10);
 
@@ -65,11 +84,17 @@ pub fn media_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/media")
 }
 
-/// The layer this server uses: `public, max-age=259200` by default,
-/// `no-cache` for `/live/` and for the index page, a probe for the live
-/// snapshot, and fingerprinted URLs.
+/// The layer this server uses: `public, max-age=259200` by default (30
+/// days for a CDN), `no-cache` for `/live/` and for the index page, a probe
+/// for the live snapshot, fingerprinted URLs, `Cache-Status`, and nothing
+/// for `/metrics`.
 pub fn cache_layer() -> MediaCacheLayer {
-    MediaCacheLayer::new(CachePolicy::max_age(MEDIA_MAX_AGE).public())
+    let media = CachePolicy::max_age(MEDIA_MAX_AGE)
+        .public()
+        .cdn(CachePolicy::max_age(MEDIA_CDN_MAX_AGE).public())
+        .with_surrogate_control();
+    MediaCacheLayer::new(media.clone())
+        .route("/media/{*path}", media)
         .route("/live/{*path}", CachePolicy::no_cache())
         .route(
             "/live/snapshot.svg",
@@ -81,7 +106,9 @@ pub fn cache_layer() -> MediaCacheLayer {
             }),
         )
         .route("/", CachePolicy::no_cache())
+        .exclude("/metrics")
         .fingerprinted_urls()
+        .cache_status(CACHE_NAME)
 }
 
 /// The whole application with [`cache_layer`].
@@ -94,6 +121,7 @@ pub fn app() -> Router {
 pub fn app_with(layer: MediaCacheLayer) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/metrics", get(metrics_text))
         .route("/live/snapshot.svg", get(snapshot))
         .nest_service("/live", serve_media())
         .nest_service("/media", serve_media())
@@ -302,6 +330,46 @@ async fn snapshot() -> impl IntoResponse {
     )
 }
 
+/// The process's Prometheus recorder, installed as the `metrics` recorder
+/// on first use (once per process, whatever the number of apps built).
+#[cfg(feature = "metrics")]
+pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).expect("no other metrics recorder is installed");
+        tower_media_cache::metrics::describe();
+        handle
+    })
+}
+
+/// `/metrics`: the counters in Prometheus' text exposition format.
+#[cfg(feature = "metrics")]
+async fn metrics_text() -> impl IntoResponse {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        prometheus().render(),
+    )
+}
+
+/// `/metrics` without the `metrics` feature: a 404 that says how to get it.
+#[cfg(not(feature = "metrics"))]
+async fn metrics_text() -> impl IntoResponse {
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        [(header::CACHE_CONTROL, "no-store")],
+        "metrics are served with --features metrics\n",
+    )
+}
+
 async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let uri = request.uri().clone();
@@ -323,6 +391,8 @@ pub fn listen_addr() -> SocketAddr {
 
 #[tokio::main]
 async fn main() {
+    #[cfg(feature = "metrics")]
+    prometheus();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -357,6 +427,8 @@ async fn main() {
     println!(
         "    curl -i -H 'Range: bytes=1000000-1000099' {base}/videos/{LARGE_VIDEO} -o /dev/null"
     );
+    println!("  the counters, for Prometheus (with --features metrics):");
+    println!("    curl {base}/metrics");
     println!();
 
     axum::serve(listener, app())

@@ -11,6 +11,7 @@ use http::{Method, Request, Response, Uri};
 use http_body::Body;
 
 use crate::body::ResponseBody;
+use crate::cache_status::Report;
 use crate::config::Config;
 use crate::exchange::Exchange;
 use crate::fingerprint::Fingerprint;
@@ -27,8 +28,9 @@ use crate::validators::Validators;
 pub(crate) enum Decision {
     /// An excluded route: the service answers, untouched.
     Pass,
-    /// A trusted store entry answers, without the service.
-    Answer(Answer),
+    /// A trusted store entry answers, without the service (for a request
+    /// that matched this route).
+    Answer(Answer, RouteMatch),
     /// A conditional write the layer guards: it waits for its turn, then is
     /// judged against the store, the probe or an internal `GET`.
     Write(Plan),
@@ -46,33 +48,39 @@ pub(crate) enum Decision {
 pub(crate) enum Answer {
     /// `304` with the entry's stored header set.
     NotModified(Found),
-    /// `412` with the current validators.
-    Failed(Validators),
+    /// `412` with the current validators (and the seconds the entry's
+    /// trust has left, when bounded).
+    Failed(Validators, Option<u64>),
 }
 
 impl Answer {
-    /// The response, counted and traced.
+    /// The response, counted, traced and (when configured) with the
+    /// layer's `Cache-Status` member.
     pub(crate) fn respond<B: Body>(
         self,
         config: &Config,
+        route: RouteMatch,
         uri: &Uri,
         now: SystemTime,
     ) -> Response<ResponseBody<B>> {
-        match self {
+        let (mut response, ttl) = match self {
             Answer::NotModified(found) => {
-                config.store.counters.bump(Counter::ShortCircuitNotModified);
+                config.count(Counter::ShortCircuitNotModified, route);
                 tracing::debug!(key = uri.path(), "304 from the validator store");
-                build::from_entry(found.entry(), now, ResponseBody::empty())
+                let response = build::from_entry(found.entry(), now, ResponseBody::empty());
+                (response, found.entry().trusted_until.seconds_left(now))
             }
-            Answer::Failed(current) => {
-                config
-                    .store
-                    .counters
-                    .bump(Counter::ShortCircuitPreconditionFailed);
+            Answer::Failed(current, ttl) => {
+                config.count(Counter::ShortCircuitPreconditionFailed, route);
                 tracing::debug!(key = uri.path(), "412 from known validators");
-                build::precondition_failed(&current, now, ResponseBody::empty())
+                let response = build::precondition_failed(&current, now, ResponseBody::empty());
+                (response, ttl)
             }
+        };
+        if let Some(name) = &config.cache_status {
+            Report::Hit { ttl }.append_to(response.headers_mut(), name);
         }
+        response
     }
 }
 
@@ -96,6 +104,9 @@ pub(crate) struct Plan {
     /// A `HEAD` whose answer may come without a body to hash: the service
     /// is held, to learn the validators with an internal `GET`.
     learns_head: bool,
+    /// A trusted entry or a probe could have answered, but the request asked
+    /// for the origin (`Cache-Control: no-cache`).
+    refused_stored: bool,
 }
 
 impl Plan {
@@ -111,6 +122,7 @@ impl Plan {
             unverified_if_range: false,
             fingerprint: None,
             learns_head: false,
+            refused_stored: false,
         }
     }
 
@@ -182,7 +194,7 @@ impl Plan {
         request: &Request<ReqBody>,
         now: SystemTime,
     ) -> Exchange {
-        Exchange::new(
+        let mut exchange = Exchange::new(
             config.clone(),
             request,
             self.route,
@@ -190,7 +202,11 @@ impl Plan {
             now,
             self.store_allowed,
             self.entry,
-        )
+        );
+        if self.refused_stored {
+            exchange.refuse_stored();
+        }
+        exchange
     }
 }
 
@@ -241,20 +257,36 @@ pub(crate) fn classify<ReqBody>(
     } else {
         None
     };
-    let trusted = entry.as_ref().is_some_and(|found| found.may_answer(now));
+    let mut trusted = entry.as_ref().is_some_and(|found| found.may_answer(now));
+    // The client asked for the origin: nothing stored answers, and a probe
+    // is not asked either (the service answers).
+    let probe_answers = store_allowed && (judged || ranged) && policy.probe_ref().is_some();
+    let refused_stored = (trusted || probe_answers) && no_cache_requested(headers);
+    let (entry, probe_allowed) = if refused_stored {
+        trusted = false;
+        (None, false)
+    } else {
+        (entry, true)
+    };
     let mut strip_range = false;
     if trusted && policy.probe_ref().is_none() {
         let current = &entry.as_ref().expect("a trusted entry").entry().validators;
         match answer_from_store(request, present, judged, ranged, current, now) {
             StoreSays::NotModified => {
-                return Decision::Answer(Answer::NotModified(entry.expect("a trusted entry")));
+                let found = entry.expect("a trusted entry");
+                return Decision::Answer(Answer::NotModified(found), route);
             }
-            StoreSays::Failed => return Decision::Answer(Answer::Failed(current.clone())),
+            StoreSays::Failed => {
+                let found = entry.as_ref().expect("a trusted entry");
+                let ttl = found.entry().trusted_until.seconds_left(now);
+                return Decision::Answer(Answer::Failed(current.clone(), ttl), route);
+            }
             StoreSays::Proceed { strip_range: strip } => strip_range = strip,
         }
     }
-    let probe = store_allowed && (judged || ranged) && policy.probe_ref().is_some();
+    let probe = probe_allowed && probe_answers;
     let mut plan = Plan::new(route, key, store_allowed, entry);
+    plan.refused_stored = refused_stored;
     plan.strip_range = strip_range;
     plan.learns_head = *method == Method::HEAD && config.learn_head;
     if config.fingerprints.is_some() {
@@ -277,6 +309,25 @@ pub(crate) fn classify<ReqBody>(
     } else {
         Decision::Call(plan)
     }
+}
+
+/// Whether the request asks that no stored response be used without the
+/// origin's say: `Cache-Control: no-cache` (RFC 9111 §5.2.1.4), or, for
+/// HTTP/1.0 clients, `Pragma: no-cache` when there is no `Cache-Control`
+/// (§5.4). Directive names are case-insensitive; an argument (`no-cache=x`,
+/// which is not defined for requests) does not change it. A request
+/// `max-age=0` (a browser's ordinary reload) does not count: the layer's
+/// answers are the origin's own, with no age.
+pub(crate) fn no_cache_requested(headers: &http::HeaderMap) -> bool {
+    let is_no_cache = |member: &[u8]| {
+        let name = member.split(|&b| b == b'=').next().unwrap_or(member);
+        crate::headers::trim_ows(name).eq_ignore_ascii_case(b"no-cache")
+    };
+    if headers.contains_key(http::header::CACHE_CONTROL) {
+        return crate::headers::list_members(headers.get_all(http::header::CACHE_CONTROL))
+            .any(is_no_cache);
+    }
+    crate::headers::list_members(headers.get_all(http::header::PRAGMA)).any(is_no_cache)
 }
 
 /// What a trusted entry says of a request the layer may judge.

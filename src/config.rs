@@ -8,7 +8,10 @@ use std::time::SystemTime;
 use http::Method;
 
 use crate::body::Budget;
+use crate::cache_status::CacheName;
+use crate::handle::Counter;
 use crate::policy::CachePolicy;
+use crate::rules::RouteMatch;
 use crate::rules::Rules;
 use crate::store::Store;
 use crate::tags::TagHeader;
@@ -51,6 +54,8 @@ pub(crate) struct Config {
     pub(crate) hash_memo: Arc<HashMemo>,
     /// The headers a response's cache tags are written in.
     pub(crate) tag_headers: Vec<TagHeader>,
+    /// The layer's name in `Cache-Status`, when it adds its member.
+    pub(crate) cache_status: Option<CacheName>,
 }
 
 impl Config {
@@ -62,5 +67,21 @@ impl Config {
     pub(crate) fn guards_write(&self, method: &Method, scope: u64) -> bool {
         self.write_methods.contains(method)
             || (method == Method::POST && self.store.accepts_post(scope))
+    }
+
+    /// Counts one more of `counter` for a request that matched `route`
+    /// (the `route` label of its metric, with the `metrics` feature).
+    pub(crate) fn count(&self, counter: Counter, route: RouteMatch) {
+        self.store.counters.bump(counter);
+        self.export(counter, route);
+    }
+
+    /// Exports one more of `counter` for `route` as a metric, without
+    /// counting it in [`Stats`](crate::Stats): for what the store counted
+    /// itself without knowing the route (learned, not learned).
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn export(&self, counter: Counter, route: RouteMatch) {
+        #[cfg(feature = "metrics")]
+        crate::metrics::count(counter, self.rules.pattern(route));
     }
 }

@@ -5,6 +5,8 @@
 //! preconditions hold, what is learned.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{
@@ -17,6 +19,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::body::{Buffered, Filled, ResponseBody};
 use crate::bus::shared::{Looked, Lookup};
+use crate::cache_status::Report;
 use crate::coalesce::{self, Joined, Leader, Shared, Waiting};
 use crate::config::Config;
 use crate::fingerprint::Fingerprint;
@@ -134,7 +137,26 @@ pub(crate) struct Exchange {
     wait_until: Option<Instant>,
     /// The answer's cache tags (policy's and response's), rendered.
     tags: Tags,
+    /// What `Cache-Status` and the metrics say of the exchange: see
+    /// [`Exchange::report`].
+    happened: Happened,
 }
+
+/// What happened to a request, as [`Exchange::report`] tells it.
+#[derive(Default)]
+struct Happened {
+    /// The counters this exchange moved (one bit per [`Counter`]). Atomic
+    /// only to keep the exchange `Sync` through `&self` (one owner: a plain
+    /// load and store, never contended).
+    seen: AtomicU32,
+    /// The status the service answered the request with.
+    forwarded: Option<StatusCode>,
+    /// A trusted entry or a probe could have answered, but the request
+    /// asked for the origin.
+    refused_stored: bool,
+}
+
+const _: () = assert!(Counter::COUNT <= 32, "one bit per counter");
 
 impl Exchange {
     pub(crate) fn new<ReqBody>(
@@ -174,6 +196,7 @@ impl Exchange {
             may_lead: false,
             wait_until: None,
             tags: Tags::default(),
+            happened: Happened::default(),
         }
     }
 
@@ -206,7 +229,76 @@ impl Exchange {
     }
 
     pub(crate) fn count(&self, counter: Counter) {
-        self.config.store.counters.bump(counter);
+        self.config.count(counter, self.route);
+        self.saw(counter);
+    }
+
+    /// Remembers that this exchange moved `counter`.
+    fn saw(&self, counter: Counter) {
+        let seen = &self.happened.seen;
+        seen.store(seen.load(Relaxed) | 1 << counter as u32, Relaxed);
+    }
+
+    fn has_seen(&self, counter: Counter) -> bool {
+        self.happened.seen.load(Relaxed) & (1 << counter as u32) != 0
+    }
+
+    /// A trusted entry or a probe could have answered, but the request
+    /// asked for the origin (`Cache-Control: no-cache`).
+    pub(crate) fn refuse_stored(&mut self) {
+        self.happened.refused_stored = true;
+    }
+
+    /// What the layer did with the request, for `Cache-Status` (RFC 9211):
+    /// answered alone unless the service answered the request or an
+    /// internal `GET`; else why it was forwarded, and what came of it.
+    fn report(&self) -> Report {
+        use crate::cache_status::{Detail, Forward};
+        let collapsed = self.has_seen(Counter::Coalesced);
+        if self.happened.forwarded.is_none()
+            && !self.has_seen(Counter::ValidatorFetches)
+            && !collapsed
+        {
+            // The trust left, when a trusted entry (not a probe) answered.
+            let ttl = self
+                .trusted_entry()
+                .filter(|_| !self.has_seen(Counter::Probes))
+                .and_then(|entry| entry.trusted_until.seconds_left(self.now));
+            return Report::Hit { ttl };
+        }
+        let fwd = if !(self.is_get() || self.method == Method::HEAD) {
+            Forward::Method
+        } else if self.happened.refused_stored {
+            Forward::Request
+        } else if self.entry.is_some() && self.trusted_entry().is_none() {
+            Forward::Stale
+        } else {
+            Forward::Miss
+        };
+        let detail = if self.has_seen(Counter::BufferBudgetExhausted) {
+            Some(Detail::BufferBudget)
+        } else if self.has_seen(Counter::StreamedUnhashed) {
+            Some(Detail::BodyTooLarge)
+        } else if self.has_seen(Counter::NotLearnedTooLarge) {
+            Some(Detail::EntryTooLarge)
+        } else {
+            None
+        };
+        Report::Forwarded {
+            fwd,
+            status: self.happened.forwarded,
+            stored: self.has_seen(Counter::Learned),
+            collapsed,
+            detail,
+        }
+    }
+
+    /// Adds the layer's `Cache-Status` member to the answer, when the layer
+    /// is configured to.
+    pub(crate) fn mark<B>(&self, response: &mut Response<B>) {
+        if let Some(name) = &self.config.cache_status {
+            self.report().append_to(response.headers_mut(), name);
+        }
     }
 
     /// The entry found in `call`, when it may answer without the service
@@ -358,6 +450,7 @@ impl Exchange {
     /// Apply policy and validators to the inner service's head, and decide
     /// whether the body must be read before answering.
     pub(crate) fn plan<B: Body>(&mut self, head: &mut response::Parts, body: &B) -> Plan<B> {
+        self.happened.forwarded = Some(head.status);
         if !(self.is_get() || self.method == Method::HEAD) {
             self.after_other_method(head);
             return Plan::Finish;
@@ -650,6 +743,7 @@ impl Exchange {
             // Only a length the service declared: a learned one may be
             // the old representation's.
             len: declared,
+            route: self.route,
         };
         let streamed = Streamed::new(self.config.clone(), read, plan);
         Response::from_parts(head, ResponseBody::streamed(streamed))
@@ -734,6 +828,7 @@ impl Exchange {
             entry: self.entry_of(headers),
             declared,
             last_modified,
+            route: self.route,
         }))
     }
 
@@ -958,11 +1053,23 @@ impl Exchange {
             return;
         };
         let entry = self.entry_of(headers);
-        // Refusals are counted and traced by the store.
-        let _ = self
+        // Counted in `Stats` and traced by the store; the exchange exports
+        // them with the route and remembers them for `Cache-Status`.
+        let learned = self
             .config
             .store
             .learn(self.key, self.selecting(), &vary, entry, self.epoch);
+        let counter = match learned {
+            Ok(()) => Some(Counter::Learned),
+            Err(store::NotLearned::TooLarge) => Some(Counter::NotLearnedTooLarge),
+            Err(store::NotLearned::Invalidated) => None,
+        };
+        if let Some(counter) = counter {
+            self.saw(counter);
+            self.config.export(counter, self.route);
+        }
+        #[cfg(feature = "metrics")]
+        crate::metrics::store_gauges_after_learn(&self.config.store, self.now);
     }
 
     /// Whether an answer may teach the store: not `no-store`, `private` or
@@ -1088,6 +1195,7 @@ impl Exchange {
         build::refresh_dates(&mut head.headers, shared.expires_after, self.now);
         self.validators = Validators::from_headers(&head.headers);
         self.directives = Directives::parse(&head.headers);
+        self.happened.forwarded = Some(shared.status);
         self.count(Counter::Coalesced);
         tracing::debug!(
             key = self.key(),

@@ -12,23 +12,43 @@ use http::Uri;
 use crate::store::Store;
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $field:ident => $name:ident, )*) => {
+    ($( $(#[doc = $doc:literal])* $field:ident => $name:ident, )*) => {
         /// The name of one of the layer's counters.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub(crate) enum Counter {
-            $( $(#[$doc])* $name, )*
+            $( $(#[doc = $doc])* $name, )*
         }
 
         impl Counter {
             /// How many counters there are.
-            const COUNT: usize = [$( Counter::$name, )*].len();
+            pub(crate) const COUNT: usize = [$( Counter::$name, )*].len();
+
+            /// Every counter, in the order of the list.
+            #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+            pub(crate) const ALL: [Counter; Self::COUNT] = [$( Counter::$name, )*];
+
+            /// Its name as a metric: `tower_media_cache_<field>_total`.
+            #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+            pub(crate) fn metric_name(self) -> &'static str {
+                match self {
+                    $( Counter::$name => concat!("tower_media_cache_", stringify!($field), "_total"), )*
+                }
+            }
+
+            /// Its description: the doc comment of its `Stats` field.
+            #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+            pub(crate) fn description(self) -> &'static str {
+                match self {
+                    $( Counter::$name => concat!($($doc, "\n",)*).trim_ascii(), )*
+                }
+            }
         }
 
         /// A snapshot of the layer's counters, from [`CacheHandle::stats`].
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         #[non_exhaustive]
         pub struct Stats {
-            $( $(#[$doc])* pub $field: u64, )*
+            $( $(#[doc = $doc])* pub $field: u64, )*
             /// Variants in the store now.
             pub entries: u64,
             /// Bytes the store's entries hold now (an estimate of everything
@@ -144,6 +164,10 @@ pub(crate) struct Counters {
     counts: [AtomicU64; Counter::COUNT],
     /// A gauge, not a counter: the variants in the store now.
     variants: AtomicU64,
+    /// When the `metrics` gauges were last set after a learn (whole seconds
+    /// since the epoch, plus one; 0 = never).
+    #[cfg(feature = "metrics")]
+    pub(crate) gauges_set_at: AtomicU64,
 }
 
 impl Default for Counters {
@@ -151,7 +175,36 @@ impl Default for Counters {
         Self {
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
             variants: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            gauges_set_at: AtomicU64::new(0),
         }
+    }
+}
+
+impl Counter {
+    /// Whether the counter belongs to the store as a whole, not to a
+    /// request's route: its metric carries no `route` label and is exported
+    /// where it is counted. The others are exported by the request's
+    /// exchange, with the route ([`Config::count`](crate::config::Config::count)).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn is_store_wide(self) -> bool {
+        matches!(
+            self,
+            Counter::Evicted
+                | Counter::Invalidated
+                | Counter::BusReceived
+                | Counter::BusDisconnectedFallbacks
+                | Counter::TagsNotSent
+                | Counter::Purged
+                | Counter::PurgeRetries
+                | Counter::PurgeFailures
+                | Counter::SharedHits
+                | Counter::SharedMisses
+                | Counter::SharedUnavailable
+                | Counter::SharedUndecodable
+                | Counter::SharedWrites
+                | Counter::SharedWritesRefused
+        )
     }
 }
 
@@ -164,6 +217,10 @@ impl Counters {
     /// Counts `n` more.
     pub(crate) fn add(&self, counter: Counter, n: u64) {
         self.counts[counter as usize].fetch_add(n, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        if counter.is_store_wide() {
+            crate::metrics::count_store_wide(counter, n);
+        }
     }
 
     /// The count so far.
@@ -216,10 +273,12 @@ impl CacheHandle {
     /// [purger](crate::MediaCacheLayer::purger), the front tier (queued,
     /// purged in the background).
     pub fn invalidate(&self, uri: &str) -> bool {
-        match uri.parse::<Uri>() {
+        let found = match uri.parse::<Uri>() {
             Ok(parsed) => self.store.invalidate(parsed.path()),
             Err(_) => self.store.invalidate(uri),
-        }
+        };
+        self.refresh_gauges();
+        found
     }
 
     /// Forgets every resource whose path starts with `prefix` (for example
@@ -228,6 +287,7 @@ impl CacheHandle {
     /// store. Told to the bus and the purger as [`invalidate`](Self::invalidate) is.
     pub fn invalidate_prefix(&self, prefix: &str) {
         self.store.invalidate_prefix(prefix);
+        self.refresh_gauges();
     }
 
     /// Forgets every resource one of whose stored variants carries `tag`
@@ -248,6 +308,7 @@ impl CacheHandle {
     /// Forgets everything.
     pub fn clear(&self) {
         self.store.clear();
+        self.refresh_gauges();
     }
 
     /// Whether the store may answer from its entries as far as the
@@ -257,8 +318,17 @@ impl CacheHandle {
         self.store.bus_connected()
     }
 
-    /// A snapshot of the counters.
+    /// With the `metrics` feature, sets the store's gauges to what it
+    /// holds now.
+    fn refresh_gauges(&self) {
+        #[cfg(feature = "metrics")]
+        crate::metrics::store_gauges(&self.store);
+    }
+
+    /// A snapshot of the counters (with the `metrics` feature, the store's
+    /// gauges are set too).
     pub fn stats(&self) -> Stats {
+        self.refresh_gauges();
         Stats {
             entries: self.store.len() as u64,
             store_bytes: self.store.bytes(),

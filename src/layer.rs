@@ -86,6 +86,7 @@ impl MediaCacheLayer {
                 flights: crate::coalesce::Flights::new(),
                 hash_memo: Arc::new(HashMemo::new(DEFAULT_HASH_MEMO_BYTES)),
                 tag_headers: Vec::new(),
+                cache_status: None,
             }),
         }
     }
@@ -474,6 +475,43 @@ impl MediaCacheLayer {
         self.config
             .store
             .attach_purger(crate::purge::Purging::new(Arc::new(purger), settings));
+        self
+    }
+
+    /// Adds the layer's member, named `name`, to the `Cache-Status` field
+    /// (RFC 9211) of every response it handles (not those of
+    /// [excluded](Self::exclude) routes, nor errors of the service):
+    ///
+    /// | member | when |
+    /// |---|---|
+    /// | `name; hit` (`; ttl=N` when the store's trust ends in N seconds) | the layer answered alone, from its store or the route's probe (a `304`, or a `412` to a guarded write) |
+    /// | `name; fwd=miss` | the service was asked: nothing stored could answer (no entry; an entry that does not satisfy the request; an unconditional request, whose body the layer never stores) |
+    /// | `name; fwd=stale` | an entry was found but may not answer alone: its trust is over, its mode is [`Trust::Never`](crate::Trust::Never), or the invalidation bus was disconnected |
+    /// | `name; fwd=request` | a trusted entry or a probe could have answered, but the request carried `Cache-Control: no-cache` (or `Pragma: no-cache` without `Cache-Control`), which the layer honours (RFC 9111 §5.2.1.4) |
+    /// | `name; fwd=method` | a method other than `GET` and `HEAD` (also a conditional write the layer refused after asking the service for the current validators with an internal `GET`) |
+    ///
+    /// A forwarded request's member adds `fwd-status=` with the status the
+    /// service answered, `stored` when the layer learned the answer's
+    /// validators, and `detail=` when it could not do its usual work:
+    /// `buffer-budget` or `body-too-large` (the body streamed without a
+    /// content `ETag`), `entry-too-large` (not stored: over the store's
+    /// size limits).
+    ///
+    /// A `Cache-Status` already on the service's answer is kept and the
+    /// layer's member goes after it: see [`cache_status`](crate::cache_status)
+    /// for why that is the order RFC 9211 asks for.
+    ///
+    /// # Panics
+    ///
+    /// When `name` is empty or is neither an `sf-token` nor an `sf-string`
+    /// (RFC 8941 §3.3): a name with control characters or non-ASCII
+    /// characters. A name that is not a token (`"media cache"`) is sent as
+    /// a quoted string.
+    pub fn cache_status(mut self, name: &str) -> Self {
+        match crate::cache_status::CacheName::new(name) {
+            Ok(name) => self.config().cache_status = Some(name),
+            Err(reason) => panic!("invalid Cache-Status name {name:?}: {reason}"),
+        }
         self
     }
 

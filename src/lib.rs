@@ -41,6 +41,7 @@
 //!
 //! See the README for the policies, trust modes, ranges and invalidation.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -51,6 +52,7 @@
 
 mod body;
 pub mod bus;
+pub mod cache_status;
 mod classify;
 mod coalesce;
 mod config;
@@ -62,6 +64,9 @@ mod headers;
 mod inner;
 mod key;
 mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod policy;
 pub mod preconditions;
 pub mod purge;
@@ -77,6 +82,7 @@ mod write;
 
 pub use body::ResponseBody;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use bus::redis::{RedisBus, SharedStore};
 pub use bus::{BusLink, Invalidation, InvalidationBus, NoopBus};
 pub use fingerprint::{fingerprint_with, fingerprinted_path};
@@ -93,3 +99,9 @@ pub use service::MediaCache;
 pub use stream::{BoxError, ContentChanged};
 pub use tags::{CacheTags, TagHeader};
 pub use validators::{Validators, content_etag};
+
+/// Every `rust` block of the README is compiled and run as a doc test, so
+/// the README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

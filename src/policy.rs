@@ -53,6 +53,19 @@ pub struct CachePolicy {
     synthesize_last_modified: bool,
     tags: Tags,
     rendered: HeaderValue,
+    /// The targeted field values for CDNs: see [`CachePolicy::cdn`].
+    targeted: Option<Box<Targeted>>,
+    /// Send `Surrogate-Control` too.
+    surrogate_control: bool,
+}
+
+/// What a policy says to CDNs apart from browsers (RFC 9213), rendered once.
+#[derive(Debug, Clone)]
+struct Targeted {
+    /// The `CDN-Cache-Control` value.
+    cdn: HeaderValue,
+    /// The `Surrogate-Control` value, sent when asked for.
+    surrogate: HeaderValue,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +143,17 @@ impl TrustedUntil {
             TrustedUntil::Invalidated => true,
         }
     }
+
+    /// Whole seconds the trust has left at `now`, when it ends at a time
+    /// (the `ttl` of `Cache-Status`).
+    pub(crate) fn seconds_left(self, now: SystemTime) -> Option<u64> {
+        match self {
+            TrustedUntil::At(until) => {
+                Some(until.duration_since(now).map_or(0, |left| left.as_secs()))
+            }
+            TrustedUntil::Never | TrustedUntil::Invalidated => None,
+        }
+    }
 }
 
 /// A boxed future returned by a [`Probe`].
@@ -175,6 +199,8 @@ impl CachePolicy {
             synthesize_last_modified: false,
             tags: Tags::default(),
             rendered: HeaderValue::from_static(""),
+            targeted: None,
+            surrogate_control: false,
         };
         policy.render();
         policy
@@ -268,7 +294,10 @@ impl CachePolicy {
     }
 
     /// Replace a `Cache-Control` the inner service already set. By default
-    /// the service's own value is kept.
+    /// the service's own value is kept. The targeted fields follow: with
+    /// this, the policy's `CDN-Cache-Control` and `Surrogate-Control`
+    /// replace the service's, and a policy without a [`cdn`](Self::cdn)
+    /// policy removes them.
     pub fn override_existing(mut self) -> Self {
         self.override_existing = true;
         self
@@ -319,7 +348,6 @@ impl CachePolicy {
     /// [`CacheHandle::invalidate_tag`](crate::CacheHandle::invalidate_tag).
     /// Adds to the tags set before; empty tags and duplicates are dropped.
     /// See [`tags`](crate::tags) for their syntax.
-    ///
     /// ```
     /// use std::time::Duration;
     /// use tower_media_cache::CachePolicy;
@@ -340,9 +368,86 @@ impl CachePolicy {
         &self.tags
     }
 
+    /// Tells CDNs something else than browsers (RFC 9213 Targeted HTTP
+    /// Cache Control): `cdn`'s directives go out as `CDN-Cache-Control`
+    /// beside this policy's `Cache-Control`. CDNs that implement RFC 9213
+    /// (Cloudflare, Akamai, Fastly) obey `CDN-Cache-Control` and ignore
+    /// `Cache-Control`; browsers and other caches never see a difference.
+    ///
+    /// Only `cdn`'s directives are used: its trust mode, probe, `Expires`,
+    /// `override_existing` and CDN policy of its own are ignored. What the
+    /// layer itself does — when its store answers without the service
+    /// ([`Trust::MaxAge`] reads `max-age` and `s-maxage` of the
+    /// `Cache-Control` sent), whether it learns (`no-store`, `private`) — is
+    /// governed by this policy, never by the CDN's: a CDN is typically told
+    /// to keep copies for days because it is purged on change, which says
+    /// nothing about how long the service's bytes stay the same. Set
+    /// [`trust`](Self::trust) to let the layer answer for longer.
+    ///
+    /// A `CDN-Cache-Control` (or `Surrogate-Control`) the service already
+    /// set is kept, unless the policy [overrides
+    /// existing](Self::override_existing) fields; when the service set its
+    /// own `Cache-Control` and the policy does not override it, no targeted
+    /// field is added either, so a `private` answer never reaches a CDN with
+    /// a lifetime the service did not choose.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_media_cache::CachePolicy;
+    ///
+    /// // Browsers revalidate every time; the CDN keeps copies for 3 days.
+    /// let policy = CachePolicy::no_cache()
+    ///     .cdn(CachePolicy::max_age(Duration::from_secs(259_200)).public());
+    /// assert_eq!(policy.header_value(), "no-cache");
+    /// assert_eq!(policy.cdn_header_value().unwrap(), "public, max-age=259200");
+    /// ```
+    pub fn cdn(mut self, cdn: CachePolicy) -> Self {
+        self.targeted = Some(Box::new(Targeted {
+            surrogate: cdn.render_surrogate_control(),
+            cdn: cdn.rendered,
+        }));
+        self
+    }
+
+    /// Also sends the [`cdn`](Self::cdn) policy as `Surrogate-Control`, the
+    /// older field of the Edge Architecture specification that Fastly,
+    /// Varnish setups and some CDNs without RFC 9213 read (and remove before
+    /// the response leaves them). It carries only what that field can say:
+    /// `max-age` (`max-age=0` for `no-cache`), `no-store`, and Fastly's
+    /// `stale-while-revalidate` and `stale-if-error`. Without a CDN policy,
+    /// nothing is sent.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_media_cache::CachePolicy;
+    ///
+    /// let policy = CachePolicy::no_cache()
+    ///     .cdn(CachePolicy::max_age(Duration::from_secs(259_200)).public())
+    ///     .with_surrogate_control();
+    /// assert_eq!(policy.surrogate_header_value().unwrap(), "max-age=259200");
+    /// ```
+    pub fn with_surrogate_control(mut self) -> Self {
+        self.surrogate_control = true;
+        self
+    }
+
     /// The rendered `Cache-Control` value.
     pub fn header_value(&self) -> &HeaderValue {
         &self.rendered
+    }
+
+    /// The rendered `CDN-Cache-Control` value, when the policy has a
+    /// [`cdn`](Self::cdn) policy.
+    pub fn cdn_header_value(&self) -> Option<&HeaderValue> {
+        self.targeted.as_ref().map(|t| &t.cdn)
+    }
+
+    /// The rendered `Surrogate-Control` value, when the policy has a
+    /// [`cdn`](Self::cdn) policy and [sends
+    /// it](Self::with_surrogate_control).
+    pub fn surrogate_header_value(&self) -> Option<&HeaderValue> {
+        let targeted = self.targeted.as_ref().filter(|_| self.surrogate_control)?;
+        Some(&targeted.surrogate)
     }
 
     pub(crate) fn overrides_existing(&self) -> bool {
@@ -434,10 +539,37 @@ impl CachePolicy {
     }
 }
 
+impl CachePolicy {
+    /// Renders the directives of the Edge Architecture Specification's
+    /// `Surrogate-Control` (W3C Note, 2001, §3) this policy can say:
+    /// `max-age` (`max-age=0` stands for `no-cache`: stale at once, so
+    /// revalidated on every use), `no-store`, and the `stale-while-revalidate`
+    /// and `stale-if-error` extensions Fastly reads there.
+    fn render_surrogate_control(&self) -> HeaderValue {
+        let mut directives = vec![match self.freshness {
+            Freshness::MaxAge(secs) => format!("max-age={secs}"),
+            Freshness::NoCache => "max-age=0".to_owned(),
+            Freshness::NoStore => "no-store".to_owned(),
+        }];
+        if self.freshness != Freshness::NoStore {
+            if let Some(secs) = self.stale_while_revalidate {
+                directives.push(format!("stale-while-revalidate={secs}"));
+            }
+            if let Some(secs) = self.stale_if_error {
+                directives.push(format!("stale-if-error={secs}"));
+            }
+        }
+        HeaderValue::try_from(directives.join(", "))
+            .expect("directive names and digits are a valid header value")
+    }
+}
+
 impl fmt::Debug for CachePolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachePolicy")
             .field("cache_control", &self.rendered)
+            .field("cdn_cache_control", &self.cdn_header_value())
+            .field("surrogate_control", &self.surrogate_header_value())
             .field("expires", &self.expires)
             .field("override_existing", &self.override_existing)
             .field("trust", &self.effective_trust())

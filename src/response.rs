@@ -8,7 +8,7 @@ use http::header::{
     ACCEPT_RANGES, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_LENGTH,
     CONTENT_RANGE, CONTENT_TYPE, DATE, EXPIRES, TRAILER, TRANSFER_ENCODING,
 };
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::headers::HttpDate;
 use crate::policy::CachePolicy;
@@ -16,19 +16,49 @@ use crate::validators::Validators;
 
 /// Applies a policy to a response's headers: `Cache-Control` (unless the
 /// service set one and the policy keeps it) and `Expires` when the policy
-/// sends it (RFC 9111 §5.3). The rendered value is cloned, never rebuilt.
-/// Returns whether the policy's headers were written.
+/// sends it (RFC 9111 §5.3), then the targeted fields. The rendered values
+/// are cloned, never rebuilt. Returns whether the policy's headers were
+/// written.
 pub(crate) fn apply_policy(headers: &mut HeaderMap, policy: &CachePolicy, now: SystemTime) -> bool {
     if policy.overrides_existing() || !headers.contains_key(CACHE_CONTROL) {
         headers.insert(CACHE_CONTROL, policy.header_value().clone());
         if let Some(expires) = policy.expires_at(now) {
             headers.insert(EXPIRES, HttpDate::from_system_time(expires).header_value());
         }
+        apply_targeted(headers, policy);
         true
     } else {
         false
     }
 }
+
+/// `CDN-Cache-Control` (RFC 9213 §2) and `Surrogate-Control`, once the
+/// policy's `Cache-Control` is written: each is added unless the service
+/// set it; a policy that overrides existing fields replaces them, or
+/// removes them when it has none (its `Cache-Control` is then what every
+/// cache obeys — a fingerprint that does not match must not stay cached at
+/// the CDN under the route's lifetime).
+fn apply_targeted(headers: &mut HeaderMap, policy: &CachePolicy) {
+    for (name, value) in [
+        (CDN_CACHE_CONTROL, policy.cdn_header_value()),
+        (SURROGATE_CONTROL, policy.surrogate_header_value()),
+    ] {
+        match value {
+            Some(value) if policy.overrides_existing() || !headers.contains_key(&name) => {
+                headers.insert(name, value.clone());
+            }
+            None if policy.overrides_existing() => {
+                headers.remove(name);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `CDN-Cache-Control`, RFC 9213 §2.
+pub(crate) const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+/// `Surrogate-Control`, Edge Architecture Specification §3.
+pub(crate) const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
 
 /// The header fields a 304 carries, from those the 200 would have carried,
 /// RFC 9110 §15.4.5: everything (`Cache-Control`, `Content-Location`,
@@ -58,11 +88,16 @@ pub(crate) fn not_modified_headers(headers: &HeaderMap) -> HeaderMap {
 /// The header set a store entry keeps for its 304s: what
 /// [`not_modified_headers`] keeps of the `200`, with `Date` as the first
 /// entry so that [`not_modified`] overwrites it in place (no hashing, no
-/// growth of the map) on every answer.
+/// growth of the map) on every answer, with room for one more field. Without `Cache-Status`: the caches
+/// upstream of the layer that handled that `200` take no part in the 304s
+/// the store answers later (RFC 9211 §2).
 pub(crate) fn stored_not_modified_headers(headers: &HeaderMap, now: SystemTime) -> HeaderMap {
-    let mut stored = HeaderMap::with_capacity(headers.len() + 1);
+    // One slot to spare (clones keep it): a `Cache-Status` added to each
+    // answer does not make the map grow and rehash.
+    let mut stored = HeaderMap::with_capacity(headers.len() + 2);
     stored.insert(DATE, date_value(now));
     stored.extend(not_modified_headers(headers));
+    stored.remove(crate::cache_status::CACHE_STATUS);
     stored
 }
 

@@ -87,6 +87,9 @@ pub(crate) struct Rules {
     pub(crate) default: CachePolicy,
     router: matchit::Router<usize>,
     routes: Vec<Rule>,
+    /// Each route rule's pattern, as given: the `route` label of metrics.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    patterns: Vec<std::sync::Arc<str>>,
     content_types: Vec<(MediaRange, CachePolicy)>,
 }
 
@@ -106,6 +109,7 @@ impl Rules {
             default,
             router: matchit::Router::new(),
             routes: Vec::new(),
+            patterns: Vec::new(),
             content_types: Vec::new(),
         }
     }
@@ -122,6 +126,18 @@ impl Rules {
             panic!("invalid media cache route `{pattern}`: {error}");
         }
         self.routes.push(rule);
+        self.patterns.push(pattern.into());
+    }
+
+    /// The pattern of the route rule a request matched, for labelling
+    /// metrics (never the raw path: one series per rule, however many
+    /// paths); `None` when no route rule matched.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn pattern(&self, route: RouteMatch) -> Option<&std::sync::Arc<str>> {
+        match route {
+            RouteMatch::Rule(index) => self.patterns.get(index),
+            RouteMatch::None | RouteMatch::Excluded => None,
+        }
     }
 
     /// Adds a content-type rule. Exact types beat `type/*` patterns; among

@@ -75,8 +75,8 @@ where
         let now = (self.config.clock)();
         match classify(&request, &self.config, now) {
             Decision::Pass => ResponseFuture::passthrough(self.inner.call(request)),
-            Decision::Answer(answer) => {
-                ResponseFuture::ready(answer.respond(&self.config, request.uri(), now))
+            Decision::Answer(answer, route) => {
+                ResponseFuture::ready(answer.respond(&self.config, route, request.uri(), now))
             }
             Decision::Write(plan) => {
                 let (key, exchange) = plan.begin_write(&self.config, &request, now);

@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::handle::Counter;
 use crate::headers::{EntityTag, HttpDate};
 use crate::key::{Key, Selecting};
+use crate::rules::RouteMatch;
 use crate::store::{Basis, Entry, Epoch};
 use crate::validators::ContentHasher;
 
@@ -84,6 +85,7 @@ pub(crate) struct Learning {
     pub(crate) declared: Option<u64>,
     /// The service's own `Last-Modified` (not one the layer synthesized).
     pub(crate) last_modified: Option<HttpDate>,
+    pub(crate) route: RouteMatch,
 }
 
 impl Learning {
@@ -101,14 +103,22 @@ impl Learning {
             vary,
             mut entry,
             last_modified,
+            route,
             ..
         } = self;
         entry.validators = std::mem::take(&mut entry.validators).with_etag(etag.clone());
         entry.headers.insert(ETAG, etag.header_value().clone());
         entry.basis = Some(Basis { len, last_modified });
         let selecting = Selecting::new(&uri, &request_headers, config.forwarded_host);
-        // Refusals are counted and traced by the store.
-        let _ = config.store.learn(key, selecting, &vary, entry, epoch);
+        // Counted in `Stats` and traced by the store; exported here with
+        // the route, as the exchange does.
+        match config.store.learn(key, selecting, &vary, entry, epoch) {
+            Ok(()) => config.export(Counter::Learned, route),
+            Err(crate::store::NotLearned::TooLarge) => {
+                config.export(Counter::NotLearnedTooLarge, route);
+            }
+            Err(crate::store::NotLearned::Invalidated) => {}
+        }
     }
 }
 
@@ -124,6 +134,8 @@ pub(crate) struct Plan {
     pub(crate) learning: Option<Box<Learning>>,
     /// The representation's length, if known.
     pub(crate) len: Option<u64>,
+    /// The route rule, for the counters' metrics.
+    pub(crate) route: RouteMatch,
 }
 
 /// A body streaming through the layer.
@@ -140,6 +152,7 @@ pub(crate) struct Streamed<B: Body> {
     learning: Option<Box<Learning>>,
     /// Bytes of the representation read so far.
     position: u64,
+    route: RouteMatch,
     /// The piece held back until the tag is verified.
     held: Option<Bytes>,
     /// Pieces ready to go out, in order.
@@ -178,6 +191,7 @@ impl<B: Body> Streamed<B> {
             held: None,
             ready: VecDeque::new(),
             len: plan.len,
+            route: plan.route,
             window_done: false,
             done: false,
         };
@@ -289,7 +303,7 @@ impl<B: Body> Streamed<B> {
     }
 
     fn count(&self, counter: Counter) {
-        self.config.store.counters.bump(counter);
+        self.config.count(counter, self.route);
     }
 
     /// Stops reading: the window is forwarded and nothing needs the rest.

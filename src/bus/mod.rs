@@ -103,6 +103,7 @@ pub(crate) mod gate;
 pub(crate) mod shared;
 
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 #[cfg(feature = "redis")]
 mod redis_store;

@@ -200,7 +200,10 @@ where
         loop {
             let next = match this.state.as_mut().project() {
                 StateProj::Ready { response } => {
-                    let response = response.take().expect("polled after completion");
+                    let mut response = response.take().expect("polled after completion");
+                    if let Some(exchange) = this.exchange.as_deref() {
+                        exchange.mark(&mut response);
+                    }
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Passthrough { future } => {

@@ -34,8 +34,9 @@ done
 [ -n "$base" ] || { cat "$log"; echo "the example did not start"; exit 1; }
 
 # Every route: the index, each file plain and fingerprinted (as the index
-# links them), the live routes (probe and Trust::Never), /metrics, a 404.
-paths=(/ /live/snapshot.svg /live/tone.wav /metrics /media/missing.png)
+# links them), the live routes (probe and Trust::Never), /metrics, a 404,
+# and the generated 22 MiB video (streamed: its tag learned, ranges cut).
+paths=(/ /live/snapshot.svg /live/tone.wav /metrics /media/missing.png /videos/long-sweep.y4m)
 for file in $(ls examples/media | grep -E '\.(png|wav|y4m)$'); do
   paths+=("/media/$file")
 done

@@ -30,6 +30,12 @@
 //!   axum/hyper/Tokio stack for a 304, to compare the layer's 304s with).
 //! * `servedir`: tower-http's `ServeDir` on the file's folder (reads the
 //!   file on every request; its own `ETag` and `Last-Modified`).
+//! * `slow-plain`, `slow-layer`, `slow-layer-nocoalesce`: for
+//!   `bench/burst.sh`, a handler that takes `SLOW_MS` milliseconds (default
+//!   50) before it answers with the file's bytes from memory, without the
+//!   layer, with it (request coalescing on, the default) and with
+//!   `.coalesce(false)`. `GET /calls` (outside the layer) tells how many
+//!   times the slow handler ran.
 //!
 //! `BENCH_WORKERS` sets the number of Tokio worker threads (default 1, so
 //! that on a small machine the load generator keeps a core of its own, and
@@ -38,6 +44,8 @@
 //! connections) and, for `servedir`, Tokio's blocking-pool threads (file
 //! reads); `bench/load.sh` counts the CPU time of all of them.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -50,7 +58,7 @@ use tower_media_cache::{CachePolicy, MediaCacheLayer, content_etag};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: [BENCH_WORKERS=N] bench_server plain|layer|layer-nomemo|layer-etag|handler-304|servedir ADDR FILE"
+        "usage: [BENCH_WORKERS=N] [SLOW_MS=N] bench_server plain|layer|layer-nomemo|layer-etag|handler-304|servedir|slow-plain|slow-layer|slow-layer-nocoalesce ADDR FILE"
     );
     std::process::exit(2);
 }
@@ -79,6 +87,9 @@ fn main() {
         "layer-nomemo" => in_memory(&file, false).layer(layer.hash_memo_bytes(0)),
         "layer-etag" => in_memory(&file, true).layer(layer),
         "handler-304" => not_modified(&file),
+        "slow-plain" => slow(&file, None),
+        "slow-layer" => slow(&file, Some(layer)),
+        "slow-layer-nocoalesce" => slow(&file, Some(layer.coalesce(false))),
         "servedir" => {
             let dir = file.parent().expect("FILE has a parent folder").to_owned();
             Router::new().fallback_service(ServeDir::new(dir))
@@ -124,6 +135,46 @@ fn in_memory(file: &std::path::Path, etag: bool) -> Router {
             }
         }),
     )
+}
+
+/// `/{file name}` answered after `SLOW_MS` milliseconds (behind `layer`, if
+/// any), and `/calls`: how many times that handler ran.
+fn slow(file: &std::path::Path, layer: Option<MediaCacheLayer>) -> Router {
+    let delay = std::env::var("SLOW_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(Duration::from_millis(50), Duration::from_millis);
+    let bytes = Bytes::from(std::fs::read(file).expect("read FILE"));
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("FILE has a UTF-8 name");
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = calls.clone();
+    let media = Router::new().route(
+        &format!("/{name}"),
+        get(move || {
+            let (bytes, calls) = (bytes.clone(), counted.clone());
+            async move {
+                calls.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(delay).await;
+                ([(CONTENT_TYPE, HeaderValue::from_static("image/jpeg"))], bytes)
+            }
+        }),
+    );
+    let media = match layer {
+        Some(layer) => media.layer(layer),
+        None => media,
+    };
+    Router::new()
+        .route(
+            "/calls",
+            get(move || {
+                let calls = calls.clone();
+                async move { calls.load(Ordering::Relaxed).to_string() }
+            }),
+        )
+        .merge(media)
 }
 
 /// `/{file name}` always answered `304` with the file's content ETag and the

@@ -158,7 +158,10 @@ fn slow(file: &std::path::Path, layer: Option<MediaCacheLayer>) -> Router {
             async move {
                 calls.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(delay).await;
-                ([(CONTENT_TYPE, HeaderValue::from_static("image/jpeg"))], bytes)
+                (
+                    [(CONTENT_TYPE, HeaderValue::from_static("image/jpeg"))],
+                    bytes,
+                )
             }
         }),
     );

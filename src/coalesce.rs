@@ -160,6 +160,12 @@ pub(crate) struct Leader {
 }
 
 impl Leader {
+    /// Whether any request waits for this flight's answer (the map holds
+    /// one receiver; each waiter a clone of it).
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.answer.receiver_count() > 1
+    }
+
     /// Answers the waiters, and ends the flight.
     pub(crate) fn publish(self, shared: Shared) {
         self.answer.send_replace(Some(Arc::new(shared)));

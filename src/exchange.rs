@@ -933,7 +933,9 @@ impl Exchange {
         if learnable && self.synthesize_last_modified {
             self.synthesize_last_modified(&mut head.headers);
         }
+        // Nothing is copied for a flight nobody joined (the usual case).
         if let (Some(leader), Source::Buffered(buffered)) = (flight, &source)
+            && leader.has_waiters()
             && let Some(shared) = self.shareable(&head, buffered)
         {
             leader.publish(shared);

@@ -91,8 +91,9 @@ counters! {
     probes => Probes,
     /// Response bodies buffered and hashed for a content ETag.
     hashed => Hashed,
-    /// Of those, the ones whose hash the layer remembered from an earlier
-    /// response handing out the same `Bytes` buffer (not read again).
+    /// Of those and of `hashed_streaming`, the ones whose hash the layer
+    /// remembered from an earlier response handing out the same `Bytes`
+    /// buffer (not read again).
     hash_memo_hits => HashMemoHits,
     /// Bodies that streamed through without a content ETag: `HEAD` bodies
     /// over the per-response limit or the global buffer budget, and bodies

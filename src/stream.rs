@@ -284,8 +284,11 @@ impl<B: Body> Streamed<B> {
         let Some(hash) = self.hash.take() else {
             return Ok(());
         };
-        let (etag, _) = hash.finish(&self.config.hash_memo);
+        let (etag, remembered) = hash.finish(&self.config.hash_memo);
         self.count(Counter::HashedStreaming);
+        if remembered {
+            self.count(Counter::HashMemoHits);
+        }
         if let Some(learning) = self.learning.take() {
             learning.finish(&self.config, &etag, self.position);
         }

@@ -221,10 +221,21 @@ impl HashMemo {
     /// A memo keeping at most `bytes` of buffers alive (0: no memo).
     pub(crate) fn new(bytes: u64) -> Self {
         let entries = (bytes > 0).then(|| {
-            quick_cache::sync::Cache::with_weighter(
-                (bytes / 16_384).clamp(16, 65_536) as usize,
-                bytes,
+            // One shard: a shard holds only its part of the capacity, and a
+            // buffer larger than that part (a video held in memory) would
+            // never be remembered. The memo's work under the lock is one
+            // look-up per response.
+            let options = quick_cache::OptionsBuilder::new()
+                .estimated_items_capacity((bytes / 16_384).clamp(16, 65_536) as usize)
+                .weight_capacity(bytes)
+                .shards(1)
+                .build()
+                .expect("capacity and item estimate are set");
+            quick_cache::sync::Cache::with_options(
+                options,
                 MemoWeight,
+                Default::default(),
+                Default::default(),
             )
         });
         Self { entries }

@@ -49,6 +49,21 @@ where
     etag
 }
 
+async fn body_of<S>(service: &mut S, path: &str) -> Bytes
+where
+    S: Service<Request<()>, Response = Response<tower_media_cache::ResponseBody<Full<Bytes>>>>,
+    S::Error: std::fmt::Debug,
+{
+    let response = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::get(path).body(()).unwrap())
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
 fn pattern(seed: u8, len: usize) -> Bytes {
     Bytes::from(
         (0..len)
@@ -67,6 +82,27 @@ async fn the_same_bytes_handed_out_again_is_not_hashed_again() {
     assert_eq!(first, second);
     let stats = layer.handle().stats();
     assert_eq!((stats.hashed, stats.hash_memo_hits), (2, 1), "{stats:?}");
+}
+
+/// A buffer larger than the per-response limit (a video held in memory)
+/// streams; the memo knows it the second time too, so it is not hashed
+/// again, and the learned tag the second answer carries is verified from
+/// the memo.
+#[tokio::test]
+async fn a_large_buffer_handed_out_again_is_not_hashed_again() {
+    let video = pattern(9, 40 * 1024 * 1024);
+    let slot = Arc::new(Mutex::new(video.clone()));
+    let layer = three_minutes().max_buffer_bytes(1024 * 1024);
+    let mut service = layer.layer(serving(slot));
+    for path in ["/v", "/v", "/w"] {
+        assert!(body_of(&mut service, path).await == video);
+    }
+    let stats = layer.handle().stats();
+    assert_eq!(
+        (stats.hashed_streaming, stats.hash_memo_hits),
+        (3, 2),
+        "{stats:?}"
+    );
 }
 
 /// The memo holds a clone of every buffer it remembers: the buffer stays

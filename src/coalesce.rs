@@ -16,6 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,29 +26,36 @@ use tokio::sync::watch;
 
 use crate::store::Epoch;
 
-/// Flights are found by the exact selector of their request, in stripes so
-/// that requests for different URLs do not wait on one lock.
+/// Flights are found by the hash of their request's selector, in stripes
+/// so that requests for different URLs do not wait on one lock.
 const STRIPES: usize = 64;
 
-/// The flights in progress, by the exact selector of the leader's request
+/// The flights in progress, by the hash of the leader's request's selector
 /// (target, authority and, when the leader's answer named them, the values
-/// of its `Vary`'d fields).
+/// of its `Vary`'d fields). Two selectors may hash alike: a waiter only
+/// takes an answer after comparing its own selector with the leader's,
+/// byte for byte ([`Shared::selector`]); a mismatch is a wait for nothing,
+/// never a wrong answer.
 pub(crate) struct Flights {
     stripes: Box<[Mutex<Stripe>]>,
+    /// Numbers the flights, so that a leader only ends its own.
+    next: AtomicU64,
 }
 
-/// The flights of one stripe, by selector.
-type Stripe = HashMap<Box<[u8]>, Flight>;
+/// The flights of one stripe, by selector hash.
+type Stripe = HashMap<u64, Flight>;
 
-/// A flight: where its waiters learn its answer, and the invalidation
-/// epoch its leader started in.
+/// A flight: the invalidation epoch its leader started in, and — made
+/// when the first waiter comes, so that a flight nobody joins (the usual
+/// case) costs no channel — where its waiters learn its answer.
 struct Flight {
-    landing: Landing,
+    id: u64,
     started: Epoch,
+    answer: Option<watch::Sender<Option<Arc<Shared>>>>,
 }
 
 /// What a flight's waiters learn.
-type Landing = watch::Receiver<Option<Arc<Shared>>>;
+pub(crate) type Landing = watch::Receiver<Option<Arc<Shared>>>;
 
 impl std::fmt::Debug for Flights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -99,12 +107,12 @@ impl Flights {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+            next: AtomicU64::new(0),
         })
     }
 
-    fn stripe(&self, key: &[u8]) -> &Mutex<Stripe> {
-        let hash = twox_hash::XxHash3_64::oneshot(key);
-        &self.stripes[(hash % STRIPES as u64) as usize]
+    fn stripe(&self, key: u64) -> &Mutex<Stripe> {
+        &self.stripes[(key % STRIPES as u64) as usize]
     }
 
     /// Joins the flight of `key`, or leads a new one if `may_lead`; `None`
@@ -112,30 +120,54 @@ impl Flights {
     /// `started` is the request's invalidation epoch: a flight whose leader
     /// started before an invalidation that this request came after may
     /// answer with what the invalidation removed, so it is not joined (a
-    /// new flight replaces it for the requests after).
+    /// new flight replaces it for the requests after; its own waiters are
+    /// handed over).
     pub(crate) fn join(
         self: &Arc<Self>,
-        key: Box<[u8]>,
+        key: u64,
         may_lead: bool,
         started: Epoch,
     ) -> Option<Joined> {
-        let mut flights = lock(self.stripe(&key));
-        if let Some(flight) = flights.get(&key) {
-            // A leader that is gone leaves its entry until its drop runs.
-            if flight.started == started && flight.landing.has_changed().is_ok() {
-                return Some(Joined::Wait(flight.landing.clone()));
+        let mut flights = lock(self.stripe(key));
+        if let Some(flight) = flights.get_mut(&key) {
+            if flight.started == started {
+                let answer = flight.answer.get_or_insert_with(|| watch::channel(None).0);
+                return Some(Joined::Wait(answer.subscribe()));
+            }
+            if !started.is_after(&flight.started) {
+                // A flight newer than this request: it goes alone.
+                return None;
             }
         }
         if !may_lead {
             return None;
         }
-        let (answer, landing) = watch::channel(None);
-        flights.insert(key.clone(), Flight { landing, started });
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let flight = Flight {
+            id,
+            started,
+            answer: None,
+        };
+        let replaced = flights.insert(key, flight);
+        drop(flights);
+        drop(replaced);
         Some(Joined::Lead(Leader {
             flights: self.clone(),
             key,
-            answer,
+            id,
+            ended: false,
         }))
+    }
+
+    /// Ends flight `id` of `key`, if it is still the one there, and gives
+    /// back where its waiters (if it had any) wait.
+    fn end(&self, key: u64, id: u64) -> Option<watch::Sender<Option<Arc<Shared>>>> {
+        let mut flights = lock(self.stripe(key));
+        let ours = flights.get(&key).is_some_and(|flight| flight.id == id);
+        if !ours {
+            return None;
+        }
+        flights.remove(&key)?.answer
     }
 
     #[cfg(test)]
@@ -151,35 +183,36 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The request at the inner service for its flight. Dropped without
-/// [`publish`](Self::publish) — its answer is not shared, or its future
-/// was dropped — it hands the waiters over to the service.
+/// [`end`](Self::end) — its future was dropped — it hands the waiters over
+/// to the service.
 pub(crate) struct Leader {
     flights: Arc<Flights>,
-    key: Box<[u8]>,
-    answer: watch::Sender<Option<Arc<Shared>>>,
+    key: u64,
+    id: u64,
+    ended: bool,
 }
 
 impl Leader {
-    /// Whether any request waits for this flight's answer (the map holds
-    /// one receiver; each waiter a clone of it).
-    pub(crate) fn has_waiters(&self) -> bool {
-        self.answer.receiver_count() > 1
-    }
-
-    /// Answers the waiters, and ends the flight.
-    pub(crate) fn publish(self, shared: Shared) {
-        self.answer.send_replace(Some(Arc::new(shared)));
+    /// Ends the flight: its waiters, if any, get what `shared` makes, or
+    /// (`None`: not an answer to share) are handed over. Nothing is made
+    /// for a flight nobody joined.
+    pub(crate) fn end(mut self, shared: impl FnOnce() -> Option<Shared>) {
+        self.ended = true;
+        let Some(answer) = self.flights.end(self.key, self.id) else {
+            return;
+        };
+        if answer.receiver_count() > 0
+            && let Some(shared) = shared()
+        {
+            answer.send_replace(Some(Arc::new(shared)));
+        }
     }
 }
 
 impl Drop for Leader {
     fn drop(&mut self) {
-        let mut flights = lock(self.flights.stripe(&self.key));
-        let ours = flights
-            .get(&self.key)
-            .is_some_and(|flight| flight.landing.same_channel(&self.answer.subscribe()));
-        if ours {
-            flights.remove(&self.key);
+        if !self.ended {
+            self.flights.end(self.key, self.id);
         }
     }
 }
@@ -226,8 +259,8 @@ mod tests {
         }
     }
 
-    fn key(k: &str) -> Box<[u8]> {
-        k.as_bytes().into()
+    fn key(k: &str) -> u64 {
+        twox_hash::XxHash3_64::oneshot(k.as_bytes())
     }
 
     fn epoch() -> Epoch {
@@ -277,7 +310,7 @@ mod tests {
         ));
         assert!(flights.join(key("/c"), false, epoch()).is_none());
         let waiting = wait(landing, Duration::from_secs(5));
-        leader.publish(shared());
+        leader.end(|| Some(shared()));
         let Landed::Shared(answer) = waiting.await else {
             panic!("the waiter gets the leader's answer");
         };

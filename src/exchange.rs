@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{
-    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, EXPIRES, LAST_MODIFIED, PRAGMA, RANGE,
-    SET_COOKIE,
+    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, ETAG, EXPIRES, LAST_MODIFIED,
+    PRAGMA, RANGE, SET_COOKIE,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, response};
 use http_body::Body;
@@ -933,12 +933,11 @@ impl Exchange {
         if learnable && self.synthesize_last_modified {
             self.synthesize_last_modified(&mut head.headers);
         }
-        // Nothing is copied for a flight nobody joined (the usual case).
-        if let (Some(leader), Source::Buffered(buffered)) = (flight, &source)
-            && leader.has_waiters()
-            && let Some(shared) = self.shareable(&head, buffered)
-        {
-            leader.publish(shared);
+        if let Some(leader) = flight {
+            leader.end(|| match &source {
+                Source::Buffered(buffered) => self.shareable(&head, buffered),
+                Source::Stream(_) => None,
+            });
         }
         if let Some(answer) = self.judge_answer(&head.headers, learnable, false) {
             return answer;
@@ -1110,10 +1109,15 @@ impl Exchange {
         if !(self.config.coalesce && self.is_get() && self.store_allowed) {
             return false;
         }
-        let asked = Directives::parse(&self.request_headers);
-        let pragma_no_cache = crate::headers::list_members(self.request_headers.get_all(PRAGMA))
-            .any(|member| member.eq_ignore_ascii_case(b"no-cache"));
-        !(asked.no_cache || asked.no_store || pragma_no_cache)
+        let headers = &self.request_headers;
+        if headers.contains_key(CACHE_CONTROL) {
+            let asked = Directives::parse(headers);
+            if asked.no_cache || asked.no_store {
+                return false;
+            }
+        }
+        !crate::headers::list_members(headers.get_all(PRAGMA))
+            .any(|member| member.eq_ignore_ascii_case(b"no-cache"))
     }
 
     /// Joins the flight of identical `GET`s at the inner service, or leads
@@ -1123,11 +1127,8 @@ impl Exchange {
         if !self.may_share() {
             return None;
         }
-        let headers = sent.headers();
-        self.may_lead = !headers.contains_key(RANGE)
-            && preconditions::FIELDS
-                .iter()
-                .all(|name| !headers.contains_key(name));
+        let sent = Present::scan(sent.headers());
+        self.may_lead = !(sent.range || sent.if_range || sent.any_precondition());
         self.wait_until = Some(Instant::now() + self.config.coalesce_timeout);
         self.join(&[])
     }
@@ -1143,7 +1144,7 @@ impl Exchange {
     }
 
     fn join(&mut self, vary: &[http::HeaderName]) -> Option<Waiting> {
-        let key = self.selecting().encode(vary, store::MAX_SELECTOR_BYTES)?;
+        let key = self.selecting().hash(vary, store::MAX_SELECTOR_BYTES)?;
         match self.config.flights.join(key, self.may_lead, self.epoch)? {
             Joined::Lead(leader) => {
                 self.flight = Some(leader);

@@ -17,6 +17,7 @@
 //!   is absent never matches one that is present, even empty.
 
 use std::borrow::Cow;
+use std::hash::Hasher as _;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
@@ -206,6 +207,37 @@ impl Sink for Length {
     }
 }
 
+/// Hashes a selector, refusing one longer than `limit`.
+struct Hashing {
+    state: twox_hash::XxHash3_64,
+    len: usize,
+    limit: usize,
+}
+
+impl Sink for Hashing {
+    fn take(&mut self, bytes: &[u8], fold: bool) -> bool {
+        self.len += bytes.len();
+        if fold {
+            let mut folded = [0u8; 64];
+            for chunk in bytes.chunks(folded.len()) {
+                let folded = &mut folded[..chunk.len()];
+                folded.copy_from_slice(chunk);
+                folded.make_ascii_lowercase();
+                self.state.write(folded);
+            }
+        } else {
+            self.state.write(bytes);
+        }
+        self.len <= self.limit
+    }
+
+    fn mark(&mut self, byte: u8) -> bool {
+        self.state.write(&[byte]);
+        self.len += 1;
+        self.len <= self.limit
+    }
+}
+
 /// Builds a selector, refusing one longer than `limit`.
 struct Encoder {
     out: Vec<u8>,
@@ -350,6 +382,20 @@ impl<'a> Selecting<'a> {
             .then(|| encoder.out.into_boxed_slice())
     }
 
+    /// A 64-bit hash (XXH3) of the selector [`encode`](Self::encode) would
+    /// make, without allocating; `None` past `limit` bytes. Equal
+    /// selectors hash equal; a match of hashes is not a match of
+    /// selectors (compare with [`matches`](Self::matches)).
+    pub(crate) fn hash(&self, vary: &[HeaderName], limit: usize) -> Option<u64> {
+        let mut hashing = Hashing {
+            state: twox_hash::XxHash3_64::new(),
+            len: 0,
+            limit,
+        };
+        self.parts(vary, &mut hashing)
+            .then(|| hashing.state.finish())
+    }
+
     /// Whether this request selects the variant stored with `selector`
     /// under `vary`: byte for byte, without allocating.
     pub(crate) fn matches(&self, vary: &[HeaderName], selector: &[u8]) -> bool {
@@ -451,6 +497,30 @@ fn host_part(authority: &[u8]) -> &[u8] {
         // A port follows the last colon, unless it is inside an IPv6 literal.
         Some(colon) if !authority[colon..].contains(&b']') => &authority[..colon],
         _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_is_that_of_the_encoded_selector() {
+        let uri: Uri = "http://Media.Example/a%20b?q=1".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::HOST, "MEDIA.example".parse().unwrap());
+        headers.append(http::header::ACCEPT_LANGUAGE, "fr".parse().unwrap());
+        headers.append(http::header::ACCEPT_LANGUAGE, "de".parse().unwrap());
+        let long = "x".repeat(100);
+        headers.insert(http::header::FROM, long.parse().unwrap());
+        let vary = [http::header::ACCEPT_LANGUAGE, http::header::FROM];
+        let selecting = Selecting::new(&uri, &headers, false);
+        let encoded = selecting.encode(&vary, 8192).unwrap();
+        assert_eq!(
+            selecting.hash(&vary, 8192),
+            Some(twox_hash::XxHash3_64::oneshot(&encoded))
+        );
+        assert_eq!(selecting.hash(&vary, 10), None);
     }
 }
 

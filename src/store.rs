@@ -191,6 +191,14 @@ pub(crate) struct Epoch {
     shared: Option<SharedEpoch>,
 }
 
+impl Epoch {
+    /// Whether this epoch began after `other` (of the same key): an
+    /// invalidation ran between them, and none the other way.
+    pub(crate) fn is_after(&self, other: &Epoch) -> bool {
+        self != other && self.key >= other.key && self.global >= other.global
+    }
+}
+
 #[derive(Debug, Clone)]
 struct ByteWeight;
 

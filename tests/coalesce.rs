@@ -326,3 +326,26 @@ async fn a_waiter_that_waited_too_long_calls_the_handler_itself() {
     assert_eq!(handler.calls(), 4);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cache_status_marks_the_waiters_collapsed() {
+    let handler = Handler::new(Bytes::from_static(b"media "));
+    let layer = MediaCacheLayer::new(CachePolicy::no_cache()).cache_status("layer");
+    let server = Running::axum(app(handler.clone(), layer)).await;
+    let answers = burst(&server, "/media/a.jpg", 5, |_| Vec::new()).await;
+    let collapsed = answers
+        .iter()
+        .filter(|a| a.header("cache-status") == "layer; fwd=miss; fwd-status=200; collapsed")
+        .count();
+    assert_eq!(handler.calls(), 1);
+    assert_eq!(
+        collapsed,
+        4,
+        "{:?}",
+        answers
+            .iter()
+            .map(|a| a.header("cache-status"))
+            .collect::<Vec<_>>()
+    );
+    server.stop().await;
+}

@@ -32,15 +32,8 @@ where
     S: Service<Request<()>, Response = Response<tower_media_cache::ResponseBody<Full<Bytes>>>>,
     S::Error: std::fmt::Debug,
 {
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(Request::get(path).body(()).unwrap())
-        .await
-        .unwrap();
-    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let (etag, body) = fetch(service, path).await;
+    let etag = etag.expect("an ETag").to_str().unwrap().to_owned();
     assert_eq!(
         etag,
         content_etag(&body).to_string(),
@@ -54,6 +47,15 @@ where
     S: Service<Request<()>, Response = Response<tower_media_cache::ResponseBody<Full<Bytes>>>>,
     S::Error: std::fmt::Debug,
 {
+    fetch(service, path).await.1
+}
+
+/// A `GET` of `path`: the answer's `ETag`, if any, and its whole body.
+async fn fetch<S>(service: &mut S, path: &str) -> (Option<http::HeaderValue>, Bytes)
+where
+    S: Service<Request<()>, Response = Response<tower_media_cache::ResponseBody<Full<Bytes>>>>,
+    S::Error: std::fmt::Debug,
+{
     let response = service
         .ready()
         .await
@@ -61,7 +63,11 @@ where
         .call(Request::get(path).body(()).unwrap())
         .await
         .unwrap();
-    response.into_body().collect().await.unwrap().to_bytes()
+    let etag = response.headers().get("etag").cloned();
+    (
+        etag,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
 }
 
 fn pattern(seed: u8, len: usize) -> Bytes {

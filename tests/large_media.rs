@@ -26,6 +26,29 @@ async fn serve(media: &Arc<Media>, layer: MediaCacheLayer) -> (Running, CacheHan
     (Running::axum(app(media.clone(), layer)).await, handle)
 }
 
+/// `Range: bytes=1000-1099` with `If-Range: tag`: a 206 of exactly those
+/// bytes of the `LEN`-byte representation `bytes`.
+async fn range_1000_1099(
+    client: &net::HttpClient,
+    url: &str,
+    tag: &str,
+    bytes: &Bytes,
+) -> net::Answer {
+    let range = get(
+        client,
+        url,
+        &[("range", "bytes=1000-1099"), ("if-range", tag)],
+    )
+    .await;
+    assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(range.body, bytes.slice(1000..1100));
+    assert_eq!(
+        range.header(CONTENT_RANGE),
+        format!("bytes 1000-1099/{LEN}")
+    );
+    range
+}
+
 #[tokio::test]
 async fn a_48_mib_chunked_body_gets_its_tag_304s_from_the_store_and_ranges() {
     let bytes = pseudo_random(LEN, 48);
@@ -57,18 +80,7 @@ async fn a_48_mib_chunked_body_gets_its_tag_304s_from_the_store_and_ranges() {
     assert_eq!(media.calls(), 2);
 
     // A range with a matching If-Range: exactly those bytes, from the stream.
-    let range = get(
-        &client,
-        &url,
-        &[("range", "bytes=1000-1099"), ("if-range", &tag)],
-    )
-    .await;
-    assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
-    assert_eq!(range.body, bytes.slice(1000..1100));
-    assert_eq!(
-        range.header(CONTENT_RANGE),
-        format!("bytes 1000-1099/{LEN}")
-    );
+    let range = range_1000_1099(&client, &url, &tag, &bytes).await;
     assert_eq!(range.header(CONTENT_LENGTH), "100");
     assert_eq!(range.header(ETAG), tag);
 
@@ -159,18 +171,7 @@ async fn with_last_modified_a_range_stops_reading_and_a_revalidation_gets_304() 
     // Last-Modified unchanged vouches for the learned tag: the range is cut
     // and the handler's stream is not read to its end.
     let before = media.produced();
-    let range = get(
-        &client,
-        &url,
-        &[("range", "bytes=1000-1099"), ("if-range", &tag)],
-    )
-    .await;
-    assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
-    assert_eq!(range.body, bytes.slice(1000..1100));
-    assert_eq!(
-        range.header(CONTENT_RANGE),
-        format!("bytes 1000-1099/{LEN}")
-    );
+    range_1000_1099(&client, &url, &tag, &bytes).await;
     let read = media.produced() - before;
     assert!(
         read < 4 * MIB as u64,

@@ -6,9 +6,13 @@
 //! A test is skipped (with a message) only when the cache's binary is not
 //! installed; `.ci/run` installs both (`varnish`, `squid`).
 
+#[path = "common/temp_dir.rs"]
+mod temp_dir;
+use temp_dir::TempDir;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -120,40 +124,6 @@ async fn start_app() -> App {
 
 // ---------------------------------------------------------------------------
 // The caches.
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tmc-{what}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        // The caches drop root privileges to their own users, which must be
-        // able to write their logs and working files here.
-        Command::new("chmod")
-            .arg("0777")
-            .arg(&dir)
-            .status()
-            .unwrap();
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A cache process in the foreground: stopped with SIGTERM (so that it
 /// stops its own children), then SIGKILL if it lingers.

@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=${REDBOT_VENV:-target/redbot-venv}
+venv=${REDBOT_VENV:-${CARGO_TARGET_DIR:-target}/redbot-venv}
 if [ ! -x "$venv/bin/redbot" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet redbot
@@ -22,7 +22,7 @@ echo "REDbot $("$venv/bin/pip" show redbot | sed -n 's/^Version: //p')"
 
 cargo build --quiet --example media_server --all-features   # the build `cargo test --all-features` made
 log=$(mktemp)
-PORT=0 RUST_LOG=warn target/debug/examples/media_server >"$log" 2>&1 &
+PORT=0 RUST_LOG=warn "${CARGO_TARGET_DIR:-target}/debug/examples/media_server" >"$log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null; rm -f "$log"' EXIT
 base=

@@ -49,46 +49,29 @@ pub(crate) enum RangeAnswer {
 /// past the end is unsatisfiable; a last position past the end is clipped;
 /// a suffix longer than the representation means all of it.
 pub(crate) fn evaluate(value: &HeaderValue, len: u64) -> RangeAnswer {
-    let bytes = crate::headers::trim_ows(value.as_bytes());
-    let Some(eq) = bytes.iter().position(|&b| b == b'=') else {
+    let Some(specs) = range_specs(value) else {
         return RangeAnswer::Full;
     };
-    if !crate::headers::trim_ows(&bytes[..eq]).eq_ignore_ascii_case(b"bytes") {
-        return RangeAnswer::Full;
-    }
     let mut satisfiable = Vec::new();
-    let mut specs = 0usize;
-    for spec in crate::headers::members(&bytes[eq + 1..]) {
-        specs += 1;
-        if specs > MAX_RANGES {
+    let mut count = 0usize;
+    for spec in specs {
+        count += 1;
+        if count > MAX_RANGES {
             return RangeAnswer::Full;
         }
-        let Some(dash) = spec.iter().position(|&b| b == b'-') else {
-            return RangeAnswer::Full;
-        };
-        let (first, last) = (&spec[..dash], &spec[dash + 1..]);
-        let range = if first.is_empty() {
-            let Some(suffix) = digits(last) else {
-                return RangeAnswer::Full;
-            };
-            (suffix > 0 && len > 0).then(|| (len.saturating_sub(suffix), len - 1))
-        } else {
-            let Some(first) = digits(first) else {
-                return RangeAnswer::Full;
-            };
-            let last = if last.is_empty() {
-                u64::MAX
-            } else {
-                match digits(last) {
-                    Some(last) if last >= first => last,
-                    _ => return RangeAnswer::Full,
-                }
-            };
-            (first < len).then(|| (first, last.min(len - 1)))
+        let range = match spec {
+            None => return RangeAnswer::Full,
+            Some(Spec::Suffix(suffix)) => {
+                (suffix > 0 && len > 0).then(|| (len.saturating_sub(suffix), len - 1))
+            }
+            Some(Spec::From { first, last }) => {
+                let last = last.unwrap_or(u64::MAX);
+                (first < len).then(|| (first, last.min(len - 1)))
+            }
         };
         satisfiable.extend(range);
     }
-    if specs == 0 {
+    if count == 0 {
         return RangeAnswer::Full;
     }
     if satisfiable.is_empty() {
@@ -99,6 +82,40 @@ pub(crate) fn evaluate(value: &HeaderValue, len: u64) -> RangeAnswer {
         return RangeAnswer::Full;
     }
     RangeAnswer::Partial(satisfiable)
+}
+
+/// One `range-spec` of a `bytes` range set (RFC 9110 §14.1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spec {
+    /// `first-last` or `first-`.
+    From { first: u64, last: Option<u64> },
+    /// `-suffix`.
+    Suffix(u64),
+}
+
+/// The `range-spec`s of a `Range` value in the `bytes` unit (matched
+/// case-insensitively), each `None` when it is malformed (a last position
+/// before the first, not digits, no dash); `None` for another unit or no
+/// `=`. Empty list members are skipped.
+fn range_specs(value: &HeaderValue) -> Option<impl Iterator<Item = Option<Spec>> + '_> {
+    let bytes = crate::headers::trim_ows(value.as_bytes());
+    let eq = bytes.iter().position(|&b| b == b'=')?;
+    if !crate::headers::trim_ows(&bytes[..eq]).eq_ignore_ascii_case(b"bytes") {
+        return None;
+    }
+    Some(crate::headers::members(&bytes[eq + 1..]).map(|spec| {
+        let dash = spec.iter().position(|&b| b == b'-')?;
+        let (first, last) = (&spec[..dash], &spec[dash + 1..]);
+        if first.is_empty() {
+            return digits(last).map(Spec::Suffix);
+        }
+        let first = digits(first)?;
+        let last = match last {
+            [] => None,
+            last => Some(digits(last).filter(|&last| last >= first)?),
+        };
+        Some(Spec::From { first, last })
+    }))
 }
 
 /// The one part to cut from a body that streams by once (RFC 9110 §14.2),
@@ -151,20 +168,18 @@ pub(crate) fn evaluate_streamed(value: &HeaderValue, len: Option<u64>) -> Stream
 
 /// `bytes=first-last`, one range with both positions, and nothing else.
 fn closed_range(value: &HeaderValue) -> Option<(u64, u64)> {
-    let bytes = crate::headers::trim_ows(value.as_bytes());
-    let eq = bytes.iter().position(|&b| b == b'=')?;
-    if !crate::headers::trim_ows(&bytes[..eq]).eq_ignore_ascii_case(b"bytes") {
-        return None;
-    }
-    let mut specs = crate::headers::members(&bytes[eq + 1..]);
+    let mut specs = range_specs(value)?;
     let spec = specs.next()?;
     if specs.next().is_some() {
         return None;
     }
-    let dash = spec.iter().position(|&b| b == b'-')?;
-    let first = digits(&spec[..dash])?;
-    let last = digits(&spec[dash + 1..])?;
-    (last >= first).then_some((first, last))
+    match spec? {
+        Spec::From {
+            first,
+            last: Some(last),
+        } => Some((first, last)),
+        _ => None,
+    }
 }
 
 /// `1*DIGIT` as a number; `None` for anything else or on overflow.

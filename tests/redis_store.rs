@@ -414,15 +414,16 @@ async fn an_invalidation_on_one_replica_stops_the_others_and_redis_from_answerin
     let answer = c.assert_calls_handler("/media/a.jpg", &v1).await;
     assert_eq!(&answer.body[..], b"a, version 2");
     assert_eq!(c.stats().shared_misses, 1);
-    // Neither does A.
+    // C learned version 2 from its handler and shares it (in the
+    // background: waited for here, so that A's lookup below cannot race it).
+    c.wait_until("sharing version 2", |r| r.stats().shared_writes >= 1)
+        .await;
+    // A no longer answers version 1 either: it finds version 2 in Redis (a
+    // tag that does not match: the handler answers), and does not write it
+    // again.
     let answer = a.assert_calls_handler("/media/a.jpg", &v1).await;
     assert_eq!(answer.status, StatusCode::OK);
     let v2 = answer.etag.unwrap();
-    // C learned version 2 from its handler and shared it, so A found it in
-    // Redis (a tag that does not match: the handler answered) and did not
-    // write it again.
-    c.wait_until("sharing version 2", |r| r.stats().shared_writes >= 1)
-        .await;
     assert_eq!(a.stats().shared_hits, 1);
     assert_eq!(a.stats().shared_writes, 1, "only version 1");
     let d = Replica::fresh("D", &db, &setup).await;

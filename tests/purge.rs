@@ -12,7 +12,10 @@
 
 #[path = "common/temp_dir.rs"]
 mod temp_dir;
+#[path = "common/varnishd.rs"]
+mod varnishd;
 use temp_dir::TempDir;
+use varnishd::spawn_varnishd;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -210,24 +213,7 @@ async fn varnish(port: u16, backend: SocketAddr) -> Option<Varnish> {
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(dir.path().join("varnishd.log")).unwrap();
-    let child = Command::new(binary)
-        .arg("-F")
-        .arg("-n")
-        .arg(dir.path().join("instance"))
-        .arg("-a")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("-T")
-        .arg("none")
-        .arg("-f")
-        .arg(&vcl)
-        .arg("-s")
-        .arg("malloc,32m")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start varnishd");
+    let child = spawn_varnishd(binary.as_ref(), dir.path(), vcl.as_ref(), port);
     let mut varnish = Varnish {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),

@@ -54,6 +54,19 @@ struct Setup<'a> {
     lookup_timeout: Option<Duration>,
 }
 
+impl<'a> Setup<'a> {
+    /// A shared store on `url`, channel and prefix `name`, lookups given a
+    /// generous second (the tests are about what is answered, not when).
+    fn shared(url: &'a str, name: &'a str) -> Self {
+        Self {
+            url,
+            channel: name,
+            prefix: name,
+            lookup_timeout: Some(Duration::from_secs(1)),
+        }
+    }
+}
+
 struct Replica {
     name: &'static str,
     service: tower_media_cache::MediaCache<Inner>,
@@ -295,12 +308,8 @@ async fn a_fresh_replica_answers_revalidations_from_what_another_learned() {
     db.set("/media/a.jpg", b"a, version 1");
     db.set("/media/b.jpg", b"b, version 1");
     let name = name("fresh");
-    let setup = Setup {
-        url: &redis.url(),
-        channel: &name,
-        prefix: &name,
-        lookup_timeout: Some(Duration::from_secs(1)),
-    };
+    let url = redis.url();
+    let setup = Setup::shared(&url, &name);
     let a = Replica::fresh("A", &db, &setup).await;
     let v1 = a.learn("/media/a.jpg").await;
     a.assert_short_circuits("/media/a.jpg", &v1).await;
@@ -393,12 +402,8 @@ async fn an_invalidation_on_one_replica_stops_the_others_and_redis_from_answerin
     db.set("/media/b.jpg", b"b, version 1");
     db.set("/live/c.jpg", b"c, version 1");
     let name = name("invalidation");
-    let setup = Setup {
-        url: &redis.url(),
-        channel: &name,
-        prefix: &name,
-        lookup_timeout: Some(Duration::from_secs(1)),
-    };
+    let url = redis.url();
+    let setup = Setup::shared(&url, &name);
     let a = Replica::fresh("A", &db, &setup).await;
     let v1 = a.learn("/media/a.jpg").await;
     let b = Replica::fresh("B", &db, &setup).await;
@@ -456,12 +461,8 @@ async fn a_response_learned_before_an_invalidation_is_never_written_back() {
     let db = Database::default();
     db.set("/media/a.jpg", b"a, version 1");
     let name = name("resurrection");
-    let setup = Setup {
-        url: &redis.url(),
-        channel: &name,
-        prefix: &name,
-        lookup_timeout: Some(Duration::from_secs(1)),
-    };
+    let url = redis.url();
+    let setup = Setup::shared(&url, &name);
     // A hears nothing from the others (another channel, the same records),
     // and its handler answers from a snapshot taken before the change: the
     // worst case of a replica whose learn is on its way when an
@@ -568,12 +569,8 @@ async fn corrupt_records_in_redis_are_misses() {
     db.set("/media/a.jpg", b"a, version 1");
     db.set("/media/b.jpg", b"b, version 1");
     let name = name("corrupt");
-    let setup = Setup {
-        url: &redis.url(),
-        channel: &name,
-        prefix: &name,
-        lookup_timeout: Some(Duration::from_secs(1)),
-    };
+    let url = redis.url();
+    let setup = Setup::shared(&url, &name);
     let a = Replica::fresh("A", &db, &setup).await;
     let va = a.learn("/media/a.jpg").await;
     let (mut redis_connection, keys) = redis_keys(setup.url, setup.prefix).await;
@@ -694,12 +691,8 @@ async fn records_have_a_ttl_and_at_most_32_variants_per_path() {
     let db = Database::default();
     db.set("/media/a.jpg", b"a, version 1");
     let name = name("bounded");
-    let setup = Setup {
-        url: &redis.url(),
-        channel: &name,
-        prefix: &name,
-        lookup_timeout: Some(Duration::from_secs(1)),
-    };
+    let url = redis.url();
+    let setup = Setup::shared(&url, &name);
     let a = Replica::fresh("A", &db, &setup).await;
     // 40 variants of one path: 40 queries.
     for i in 0..40 {

@@ -33,7 +33,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, service_fn};
 use tower_media_cache::{CachePolicy, MediaCacheLayer};
 
 /// 64 KiB of deterministic pseudo-random bytes (xorshift), like a small
@@ -83,12 +83,14 @@ async fn handle(
 /// Serves connections from `listener` until `shutdown` completes, then
 /// waits for the open connections to finish.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    // `handle` answers every method itself, so the layer wraps it as a
+    // whole (`wrap_router`): it may send it a `GET` of its own to judge a
+    // conditional write or learn a `HEAD`'s validators. `.layer(..)` in the
+    // stack would work too, without those `GET`s (README, Wiring).
+    let cache = MediaCacheLayer::new(CachePolicy::max_age(Duration::from_secs(3600)).public());
     let service = ServiceBuilder::new()
         .map_request(|request: Request<Incoming>| request.map(BoxBody::new))
-        .layer(MediaCacheLayer::new(
-            CachePolicy::max_age(Duration::from_secs(3600)).public(),
-        ))
-        .service_fn(handle);
+        .service(cache.wrap_router(service_fn(handle)));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::exchange::Exchange;
 use crate::fingerprint::Fingerprint;
 use crate::handle::Counter;
+use crate::inner::Wiring;
 use crate::key::{Key, Selecting};
 use crate::preconditions::{self, Precondition, Present, Target};
 use crate::range::{self, RangeDecision};
@@ -222,6 +223,7 @@ fn with_path(uri: &Uri, path_and_query: &str) -> Option<Uri> {
 pub(crate) fn classify<ReqBody>(
     request: &Request<ReqBody>,
     config: &Config,
+    wiring: Wiring,
     now: SystemTime,
 ) -> Decision {
     let route = config.rules.route(request.uri().path());
@@ -288,7 +290,10 @@ pub(crate) fn classify<ReqBody>(
     let mut plan = Plan::new(route, key, store_allowed, entry);
     plan.refused_stored = refused_stored;
     plan.strip_range = strip_range;
-    plan.learns_head = *method == Method::HEAD && config.learn_head;
+    // The internal GET that learns a HEAD's validators is sent only to a
+    // service that routes by method: behind axum's `Router::layer` it would
+    // reach the HEAD handler (or another method's).
+    plan.learns_head = *method == Method::HEAD && config.learn_head && wiring.may_fetch();
     if config.fingerprints.is_some() {
         plan.fingerprint = Fingerprint::parse(request.uri().path(), request.uri().query());
     }

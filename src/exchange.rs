@@ -470,13 +470,14 @@ impl Exchange {
         {
             return plan;
         }
-        if self.method == Method::HEAD
-            && head.status == StatusCode::OK
-            && self.config.learn_head
-            && self.validators.etag().is_none()
-            && !self.directives.no_store
-        {
-            return Plan::Learn;
+        if self.method == Method::HEAD && head.status == StatusCode::OK {
+            self.adopt_head_claim(head);
+            if self.config.learn_head
+                && self.validators.etag().is_none()
+                && !self.directives.no_store
+            {
+                return Plan::Learn;
+            }
         }
         // Not hashed: a fingerprint can only be vouched for by a trusted
         // entry learned from a verified answer (a HEAD after a GET).
@@ -566,6 +567,26 @@ impl Exchange {
             }
             known.write_to(&mut head.headers);
             self.validators = known;
+        }
+    }
+
+    /// A `HEAD` answered without a body to hash and without an `ETag`
+    /// carries the tag the store learned from `GET` when the service's own
+    /// validators vouch for it: the same `Last-Modified` (present) and, if
+    /// declared, the same `Content-Length` as when it was learned — the rule
+    /// a streamed `GET`'s 304 follows ([`Exchange::claim`]). RFC 9110 §9.3.2:
+    /// a `HEAD` carries the `GET`'s header fields, so it never carries a tag
+    /// of its own making.
+    fn adopt_head_claim(&mut self, head: &mut response::Parts) {
+        if self.validators.etag().is_some() {
+            return;
+        }
+        let Some(claim) = self.claim(content_length(&head.headers)) else {
+            return;
+        };
+        if claim.vouched {
+            head.headers.insert(ETAG, claim.etag.header_value().clone());
+            self.validators = std::mem::take(&mut self.validators).with_etag(claim.etag);
         }
     }
 
@@ -855,14 +876,15 @@ impl Exchange {
     }
 
     /// Whether a completely read body is the representation: always for a
-    /// `GET`; for a `HEAD`, when its length is the one the answer declares
-    /// (`Content-Length`, else the body's exact size), so a `HEAD` body that
-    /// is not the `GET`'s never gives it a validator.
+    /// `GET`; for a `HEAD`, when it is not empty and its length is the one
+    /// the answer declares (`Content-Length`, else the body's exact size),
+    /// so a `HEAD` body that is not the `GET`'s — a `HEAD` handler's empty
+    /// one above all — never gives it a validator.
     pub(crate) fn represents<B: Body>(&self, head: &response::Parts, read: &Buffered<B>) -> bool {
         if self.method != Method::HEAD {
             return true;
         }
-        content_length(&head.headers).is_none_or(|len| len == read.len)
+        read.len > 0 && content_length(&head.headers).is_none_or(|len| len == read.len)
     }
 
     /// The content ETag of a completely read body; it becomes the
@@ -961,7 +983,11 @@ impl Exchange {
         unverified: bool,
     ) -> Option<Response<ResponseBody<B>>> {
         let present = Present::scan(&self.request_headers);
-        let target = Target::Exists(&self.validators);
+        let target = if self.validators.etag().is_none() && self.leaves_tags_unjudged() {
+            Target::Untagged(&self.validators)
+        } else {
+            Target::Exists(&self.validators)
+        };
         match preconditions::judge(&self.method, &self.request_headers, present, target) {
             Precondition::NotModified if unverified => None,
             Precondition::NotModified => {
@@ -986,6 +1012,18 @@ impl Exchange {
             }
             Precondition::Proceed => None,
         }
+    }
+
+    /// Whether the entity tags an answer without a known `ETag` is judged
+    /// against are left alone ([`Target::Untagged`]): when the service saw
+    /// the preconditions and answered 2xx (not under `authoritative`, which
+    /// hides them from `GET` and `HEAD`, `classify::Plan::layer_alone_judges`,
+    /// and not for an answer shared from another request's), and for a
+    /// `HEAD`, which has no body a wrong guess could splice into a client's
+    /// copy. A `GET` the layer alone judges, without a tag, fails `If-Match`.
+    fn leaves_tags_unjudged(&self) -> bool {
+        let service_judged = !self.config.authoritative && !self.has_seen(Counter::Coalesced);
+        service_judged || self.method == Method::HEAD
     }
 
     /// The whole body, or the range the layer cuts from a complete buffered

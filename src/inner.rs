@@ -2,6 +2,12 @@
 //! happen in `call` itself: after a probe, or after an internal `GET` that
 //! learns the validators a conditional write is judged against.
 //!
+//! An internal `GET` is the only request the layer ever sends of its own,
+//! and it is sent only where the layer knows its inner service routes by
+//! method ([`Wiring::WholeService`]): behind axum's `Router::layer` the inner
+//! service is one method's handler, and a `GET` sent to a `PUT` handler
+//! would run the write.
+//!
 //! The service that `poll_ready` drove to readiness moves into the future (a
 //! clone takes its place, tower-service's pattern). Its first call uses that
 //! readiness; a second call (the write after the internal `GET`) polls it
@@ -17,6 +23,30 @@ use http::header::{
 use http::{Method, Request};
 use tower_service::Service;
 
+/// What the layer knows of the service it wraps, which decides whether it
+/// may send that service requests of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wiring {
+    /// Made by [`Layer::layer`](tower_layer::Layer::layer), the way axum's
+    /// `Router::layer`, `Router::route_layer` and `MethodRouter::layer`,
+    /// `ServiceBuilder` and tonic's `Server::builder().layer` wrap services:
+    /// the inner service may be one method's handler. The layer sends it
+    /// only the requests its clients sent.
+    PerMethod,
+    /// Made by [`MediaCacheLayer::wrap_router`](crate::MediaCacheLayer::wrap_router):
+    /// the user says the inner service routes every method itself, so an
+    /// internal `GET` reaches the `GET` handler.
+    WholeService,
+}
+
+impl Wiring {
+    /// Whether the layer may send the inner service a `GET` of its own (to
+    /// judge a conditional write, or to learn a `HEAD`'s validators).
+    pub(crate) fn may_fetch(self) -> bool {
+        self == Wiring::WholeService
+    }
+}
+
 /// The inner service and the request, held by a response future until it
 /// decides to call. Object-safe, so the future's type does not name the
 /// service.
@@ -27,8 +57,10 @@ pub(crate) trait Pending<F: Future>: Send {
 
     /// Calls the service with a `GET` of the request's target: the same
     /// headers and extensions without preconditions, `Range` and the
-    /// fields that describe the request's own body; an empty body.
-    fn fetch(&mut self) -> F;
+    /// fields that describe the request's own body; an empty body. `None`,
+    /// and nothing is sent, unless the service routes by method
+    /// ([`Wiring::may_fetch`]).
+    fn fetch(&mut self) -> Option<F>;
 
     /// Calls the service with the request itself, without `Range` when
     /// `strip_range`. Once only.
@@ -43,6 +75,7 @@ pub(crate) trait Pending<F: Future>: Send {
 /// [`Pending`] for a service `S`.
 pub(crate) struct Held<S, ReqBody> {
     service: S,
+    wiring: Wiring,
     /// Whether the service may be called without polling it again.
     ready: bool,
     request: Option<Request<ReqBody>>,
@@ -50,9 +83,10 @@ pub(crate) struct Held<S, ReqBody> {
 
 impl<S, ReqBody> Held<S, ReqBody> {
     /// `service` must have been driven to readiness.
-    pub(crate) fn new(service: S, request: Request<ReqBody>) -> Self {
+    pub(crate) fn new(service: S, wiring: Wiring, request: Request<ReqBody>) -> Self {
         Self {
             service,
+            wiring,
             ready: true,
             request: Some(request),
         }
@@ -96,7 +130,10 @@ where
         }
     }
 
-    fn fetch(&mut self) -> S::Future {
+    fn fetch(&mut self) -> Option<S::Future> {
+        if !self.wiring.may_fetch() {
+            return None;
+        }
         let mut request = self.copy();
         *request.method_mut() = Method::GET;
         let headers = request.headers_mut();
@@ -111,7 +148,7 @@ where
             headers.remove(name);
         }
         self.ready = false;
-        self.service.call(request)
+        Some(self.service.call(request))
     }
 
     fn send_copy(&mut self) -> S::Future {

@@ -8,6 +8,7 @@ use tower_layer::Layer;
 use crate::body::Budget;
 use crate::config::Config;
 use crate::handle::CacheHandle;
+use crate::inner::Wiring;
 use crate::policy::CachePolicy;
 use crate::rules::{Rule, Rules};
 use crate::service::MediaCache;
@@ -168,6 +169,42 @@ impl MediaCacheLayer {
         self
     }
 
+    /// Wraps a service that routes **every method itself** — a whole axum
+    /// `Router`, a `MethodRouter`, a hyper `service_fn` that matches on the
+    /// method, tower-http's `ServeDir` — and lets the layer send it a `GET`
+    /// of its own: to judge a conditional write on a resource the store
+    /// does not trust ([`verify_conditional_writes`](Self::verify_conditional_writes)),
+    /// and to learn the validators of a `HEAD` answered without a body
+    /// ([`learn_head_validators`](Self::learn_head_validators)).
+    ///
+    /// Everything else is as with [`Layer::layer`]. Use this form only
+    /// around a service that would send a `GET` to its `GET` handler: axum's
+    /// `Router::layer`, `Router::route_layer` and `MethodRouter::layer` wrap
+    /// each method's handler on its own, so they call [`Layer::layer`], and
+    /// the layer then never sends a request of its own — a conditional
+    /// write the store cannot judge goes to its handler with its
+    /// preconditions, exactly as without the layer.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use tower_media_cache::{CachePolicy, MediaCacheLayer};
+    /// # async fn get_media() -> &'static str { "bytes" }
+    /// # async fn put_media() {}
+    ///
+    /// let routes = Router::new().route("/media/{name}", get(get_media).put(put_media));
+    /// let cache = MediaCacheLayer::new(CachePolicy::max_age(Duration::from_secs(3600)));
+    /// // The layer outside the router: a stale `If-Match` on a PUT gets 412
+    /// // before `put_media` runs, whether or not the store knew the file.
+    /// let app: Router = Router::new().fallback_service(cache.wrap_router(routes));
+    /// assert!(cache.wrap_router(Router::<()>::new()).sends_own_requests());
+    /// ```
+    pub fn wrap_router<S>(&self, service: S) -> MediaCache<S> {
+        MediaCache::new(service, self.config.clone(), Wiring::WholeService)
+    }
+
     /// The store's capacity as a number of variants of about 1 KiB each.
     #[deprecated(
         since = "0.2.0",
@@ -185,6 +222,14 @@ impl MediaCacheLayer {
     /// a `HEAD` when the store does not already know the answer, after
     /// which the store answers later `HEAD`s. With `false`, such a `HEAD`
     /// carries only the service's own validators.
+    ///
+    /// The internal `GET` is sent only by a service made with
+    /// [`wrap_router`](Self::wrap_router): through [`Layer::layer`] the
+    /// inner service may be the `HEAD` handler itself. There such a `HEAD`
+    /// carries the tag the store learned from `GET` while that entry is
+    /// trusted (or while the `HEAD`'s `Content-Length` and `Last-Modified`
+    /// are those the tag was learned with), else the service's own
+    /// validators. An empty `HEAD` body is never hashed.
     pub fn learn_head_validators(mut self, learn: bool) -> Self {
         self.config().learn_head = learn;
         self
@@ -327,6 +372,13 @@ impl MediaCacheLayer {
     /// 404, so they are ignored, RFC 9110 §13.2.1); any other non-2xx leaves
     /// the write to the service. Conditional writes to one resource are serialised, so of
     /// concurrent writes carrying the same `If-Match` exactly one runs.
+    ///
+    /// The internal `GET` is sent only by a service made with
+    /// [`wrap_router`](Self::wrap_router). Through [`Layer::layer`] (axum's
+    /// `Router::layer`, `route_layer`, `MethodRouter::layer`, a
+    /// `ServiceBuilder`), where the inner service may be the write's own
+    /// handler, a write that neither a trusted entry nor the probe can judge
+    /// goes to the service with its preconditions; writes still take turns.
     ///
     /// With `false`, a conditional write is judged before the service only
     /// when a trusted entry or a probe knows the validators; otherwise it
@@ -526,7 +578,12 @@ impl MediaCacheLayer {
 impl<S> Layer<S> for MediaCacheLayer {
     type Service = MediaCache<S>;
 
+    /// Wraps `inner`, whatever it is — one method's handler (axum's
+    /// `Router::layer`, `route_layer` and `MethodRouter::layer` call this
+    /// once per method) or a whole router. The layer sends it only the
+    /// requests its clients sent: see [`MediaCacheLayer::wrap_router`] for
+    /// what that leaves out.
     fn layer(&self, inner: S) -> Self::Service {
-        MediaCache::new(inner, self.config.clone())
+        MediaCache::new(inner, self.config.clone(), Wiring::PerMethod)
     }
 }

@@ -295,8 +295,46 @@ pub(crate) enum Target<'a> {
     /// A current representation with these validators, one the response
     /// without preconditions would carry in a 2xx.
     Exists(&'a Validators),
+    /// The service's 2xx to a request whose preconditions it saw, with no
+    /// entity tag the layer knows: see [`evaluate_untagged`].
+    Untagged(&'a Validators),
     /// No current representation (the service answers `GET` with 404/410).
     Absent,
+}
+
+/// [`evaluate`] for a 2xx whose entity tag the layer does not know, from a
+/// service that saw the preconditions (RFC 9110 §13.2.2 order): what needs
+/// no tag is judged — `*` (a current representation exists, §13.1.1 and
+/// §13.1.2) and the dates against `Last-Modified` — and a list of tags in
+/// `If-Match` or `If-None-Match` is the service's to judge, which it did by
+/// answering 2xx. The layer never overrules a service with less knowledge
+/// than it had: a `HEAD` handler that judged `If-Match` itself and sent no
+/// `ETag` keeps its 200.
+fn evaluate_untagged(
+    method: &Method,
+    field: &HeaderMap,
+    current: &Validators,
+    present: Present<'_>,
+) -> Precondition {
+    let any = |name| headers::tag_list_kind(&field.get_all(name)) == TagList::Any;
+    if present.if_match {
+        // `*` holds; a list of tags is the service's.
+    } else if present.if_unmodified_since && !if_unmodified_since(field, current) {
+        return Precondition::Failed;
+    }
+    let get_or_head = method == Method::GET || method == Method::HEAD;
+    if present.if_none_match {
+        if any(IF_NONE_MATCH) {
+            return if get_or_head {
+                Precondition::NotModified
+            } else {
+                Precondition::Failed
+            };
+        }
+    } else if get_or_head && present.if_modified_since && !if_modified_since(field, current) {
+        return Precondition::NotModified;
+    }
+    Precondition::Proceed
 }
 
 /// The one entry point the layer judges preconditions through: RFC 9110
@@ -322,6 +360,7 @@ pub(crate) fn judge(
     }
     match target {
         Target::Exists(current) => evaluate_present(method, field, current, present),
+        Target::Untagged(current) => evaluate_untagged(method, field, current, present),
         Target::Absent if matches!(*method, Method::PUT | Method::PATCH) => evaluate_absent(field),
         Target::Absent => Precondition::Proceed,
     }

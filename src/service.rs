@@ -13,18 +13,22 @@ use crate::classify::{Decision, classify};
 use crate::config::Config;
 use crate::exchange::Exchange;
 use crate::future::{ResponseFuture, WriteTurn};
-use crate::inner::Held;
+use crate::inner::{Held, Wiring};
 use crate::policy::ProbeFuture;
 
 /// Middleware that adds validators and `Cache-Control` to responses and
 /// answers conditional requests, from its validator store when it may.
 ///
-/// Made by [`MediaCacheLayer`](crate::MediaCacheLayer). Clones share the
-/// store and configuration.
+/// Made by [`MediaCacheLayer`](crate::MediaCacheLayer): as a [`Layer`](tower_layer::Layer)
+/// (any wiring; the layer sends the service only its clients' requests) or
+/// with [`MediaCacheLayer::wrap_router`](crate::MediaCacheLayer::wrap_router)
+/// (a service that routes every method itself; the layer may also send it
+/// a `GET` of its own). Clones share the store and configuration.
 #[derive(Clone)]
 pub struct MediaCache<S> {
     inner: S,
     config: Arc<Config>,
+    wiring: Wiring,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for MediaCache<S> {
@@ -32,13 +36,26 @@ impl<S: std::fmt::Debug> std::fmt::Debug for MediaCache<S> {
         f.debug_struct("MediaCache")
             .field("inner", &self.inner)
             .field("store", &self.config.store)
+            .field("wiring", &self.wiring)
             .finish_non_exhaustive()
     }
 }
 
 impl<S> MediaCache<S> {
-    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
-        Self { inner, config }
+    pub(crate) fn new(inner: S, config: Arc<Config>, wiring: Wiring) -> Self {
+        Self {
+            inner,
+            config,
+            wiring,
+        }
+    }
+
+    /// Whether the layer may send the wrapped service requests of its own
+    /// (an internal `GET` to judge a conditional write or to learn a
+    /// `HEAD`'s validators): only when made with
+    /// [`MediaCacheLayer::wrap_router`](crate::MediaCacheLayer::wrap_router).
+    pub fn sends_own_requests(&self) -> bool {
+        self.wiring.may_fetch()
     }
 
     /// The wrapped service.
@@ -73,7 +90,7 @@ where
     /// [`ResponseFuture`] does the rest.
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let now = (self.config.clock)();
-        match classify(&request, &self.config, now) {
+        match classify(&request, &self.config, self.wiring, now) {
             Decision::Pass => ResponseFuture::passthrough(self.inner.call(request)),
             Decision::Answer(answer, route) => {
                 ResponseFuture::ready(answer.respond(&self.config, route, request.uri(), now))
@@ -126,7 +143,7 @@ impl<S: Clone> MediaCache<S> {
     fn hold<ReqBody>(&mut self, request: Request<ReqBody>) -> Box<Held<S, ReqBody>> {
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        Box::new(Held::new(ready, request))
+        Box::new(Held::new(ready, self.wiring, request))
     }
 
     /// The route's probe, started for this request when the exchange may

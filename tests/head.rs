@@ -197,9 +197,12 @@ async fn a_first_head_to_a_file_server_carries_the_content_etag() {
     std::fs::write(dir.join("a.jpg"), PHOTO).unwrap();
     let layer = MediaCacheLayer::new(CachePolicy::max_age(Duration::from_secs(60))).authoritative();
     let handle = layer.handle();
-    let app = Router::new()
-        .nest_service("/files", tower_http::services::ServeDir::new(&dir))
-        .layer(layer);
+    // `ServeDir` answers every method itself: wrapped as a whole, the layer
+    // may send it a GET of its own.
+    let app = Router::new().nest_service(
+        "/files",
+        layer.wrap_router(tower_http::services::ServeDir::new(&dir)),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

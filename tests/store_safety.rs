@@ -448,8 +448,9 @@ fn write_policies() -> [(&'static str, CachePolicy); 2] {
     ]
 }
 
+/// The layer around the whole app, which routes by method.
 fn documents_behind(layer: MediaCacheLayer, app: &Documents) -> MediaCache<Documents> {
-    layer.layer(app.clone())
+    layer.wrap_router(app.clone())
 }
 
 // ---------------------------------------------------------------------------
@@ -896,10 +897,10 @@ async fn serve_hyper(
     layer: MediaCacheLayer,
     file: File,
 ) {
+    // The file answers every method: the layer wraps it as a whole.
     let service = ServiceBuilder::new()
         .map_request(|request: Request<Incoming>| request.map(|_| Bytes::new()))
-        .layer(layer)
-        .service(file);
+        .service(layer.wrap_router(file));
     loop {
         tokio::select! {
             accepted = listener.accept() => {

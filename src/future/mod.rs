@@ -245,7 +245,7 @@ where
                         return Poll::Ready(output.map(|r| r.map(ResponseBody::stream)));
                     }
                     let call = call.take().expect("called once");
-                    steps::call(held, call)
+                    steps::call(exchange(this.exchange), held, call)
                 }
                 StateProj::Waiting { waiting, held } => {
                     let landed = ready!(waiting.as_mut().poll(cx));

@@ -17,7 +17,8 @@ use crate::validators::ContentHasher;
 use crate::write::{self, Current};
 
 /// A write's turn came: judged against a trusted entry, else the probe,
-/// else an internal `GET` of its target.
+/// else an internal `GET` of its target where the service routes by method;
+/// else the service judges it, with its preconditions.
 pub(super) fn after_turn<F: Future, B: Body>(
     exchange: &mut Exchange,
     probe: Option<ProbeFuture>,
@@ -30,11 +31,16 @@ pub(super) fn after_turn<F: Future, B: Body>(
         return State::Probing { probe, held };
     }
     let mut held = held.expect("request held until called");
-    exchange.count(Counter::ValidatorFetches);
-    State::Fetching {
-        future: held.fetch(),
-        held: Some(held),
-        head: None,
+    match held.fetch() {
+        Some(future) => {
+            exchange.count(Counter::ValidatorFetches);
+            State::Fetching {
+                future,
+                held: Some(held),
+                head: None,
+            }
+        }
+        None => decided(exchange.judge_write(Current::Unknown), Some(held)),
     }
 }
 
@@ -126,7 +132,6 @@ pub(super) fn answered<F, B: Body>(
         },
         Plan::Learn => match held {
             Some(held) => {
-                exchange.count(Counter::ValidatorFetches);
                 let call = Some(Call::Fetch(Box::new(Answered { head, body })));
                 State::Calling {
                     held: Some(held),
@@ -215,7 +220,11 @@ pub(super) fn landed<F: Future, B: Body>(
 }
 
 /// The held service is ready: call it as `call` says.
-pub(super) fn call<F: Future, B: Body>(held: &mut Option<Held<F>>, call: Call<B>) -> State<F, B> {
+pub(super) fn call<F: Future, B: Body>(
+    exchange: &mut Exchange,
+    held: &mut Option<Held<F>>,
+    call: Call<B>,
+) -> State<F, B> {
     let pending = held.as_mut().expect("service held until called");
     match call {
         Call::Request { strip_range } => State::Inner {
@@ -226,10 +235,19 @@ pub(super) fn call<F: Future, B: Body>(held: &mut Option<Held<F>>, call: Call<B>
             future: pending.send_copy(),
             held: held.take(),
         },
-        Call::Fetch(answered) => State::Fetching {
-            future: pending.fetch(),
-            held: None,
-            head: Some(answered),
+        Call::Fetch(answered) => match pending.fetch() {
+            Some(future) => {
+                exchange.count(Counter::ValidatorFetches);
+                State::Fetching {
+                    future,
+                    held: None,
+                    head: Some(answered),
+                }
+            }
+            // `classify` does not hold a service that may be one method's
+            // handler for this; were it held, the HEAD keeps its own
+            // validators.
+            None => judged(exchange, Current::Unknown, None, Some(answered)),
         },
     }
 }

@@ -74,7 +74,15 @@ impl Origin {
             .expect("a request reached the origin")
     }
 
+    /// The layer around the origin as a whole service (it answers every
+    /// method): the layer may send it an internal `GET`.
     pub fn wrap(&self, layer: &MediaCacheLayer) -> MediaCache<Origin> {
+        layer.wrap_router(self.clone())
+    }
+
+    /// The layer as `tower::Layer` puts it, as if the origin were one
+    /// method's handler: the layer sends it only the clients' requests.
+    pub fn wrap_per_method(&self, layer: &MediaCacheLayer) -> MediaCache<Origin> {
         tower::Layer::layer(layer, self.clone())
     }
 }

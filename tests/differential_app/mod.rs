@@ -44,7 +44,6 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use tower_layer::Layer;
 use tower_media_cache::{CacheHandle, CachePolicy, MediaCache, MediaCacheLayer, Trust};
 use tower_service::Service;
 
@@ -1101,8 +1100,8 @@ impl Pair {
         let (app_a, app_b) = (App::new(), App::new());
         let (layer_a, layer_b) = (layer(Trust::UntilInvalidated), layer(Trust::Never));
         Self {
-            a: layer_a.layer(app_a.clone()),
-            b: layer_b.layer(app_b.clone()),
+            a: layer_a.wrap_router(app_a.clone()),
+            b: layer_b.wrap_router(app_b.clone()),
             handle_a: layer_a.handle(),
             app_a,
             app_b,

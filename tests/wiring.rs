@@ -1,0 +1,645 @@
+//! The layer in every wiring users choose (issue: data loss under
+//! `Router::layer`), checked against the same app without it.
+//!
+//! - Regression tests for the three reproductions: a conditional `PUT` or
+//!   `DELETE` behind axum's `Router::layer` must never run for a request the
+//!   client did not send, and a `HEAD` handler's empty body is never a tag.
+//! - The wiring matrix: random sequences of `GET`, `HEAD`, `PUT`, `DELETE`
+//!   and `POST`, conditional and not (current, stale, weak, `*` and garbage
+//!   tags; dates), over query, `Host`, case and percent-encoded spellings,
+//!   sent to the app wired each way (`tests/wiring_app`) and to its bare
+//!   twin. Every answer must have the bare twin's status (and body, for a
+//!   `GET`), the data must be the twin's after every step, a 304 or 412 must
+//!   leave the data alone, a `HEAD` or `GET` may carry no other tag than the
+//!   current content tag, and no handler may run for another method.
+//!
+//! `TMC_WIRING_SEEDS` (default 12) and `TMC_WIRING_STEPS` (default 60) make
+//! the matrix longer.
+
+mod wiring_app;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use tower_media_cache::{CachePolicy, EntityTag, MediaCacheLayer, content_etag};
+use wiring_app::{Answer, App, Data, Handler, Wiring, bare, send, wired};
+
+fn request(method: Method, uri: &str) -> http::request::Builder {
+    Request::builder().method(method).uri(uri)
+}
+
+fn put(uri: &str, body: &'static str) -> http::request::Builder {
+    request(Method::PUT, uri)
+        .header("content-type", "image/jpeg")
+        .header("content-length", body.len())
+}
+
+async fn send_put(app: &App, builder: http::request::Builder, body: &'static str) -> Answer {
+    send(app, builder.body(Body::from(body)).unwrap()).await
+}
+
+async fn send_empty(app: &App, builder: http::request::Builder) -> Answer {
+    send(app, builder.body(Body::empty()).unwrap()).await
+}
+
+fn one_hour() -> MediaCacheLayer {
+    MediaCacheLayer::new(CachePolicy::max_age(Duration::from_secs(3600)))
+}
+
+/// Reproduction 1 of the issue: behind `Router::layer`, a conditional `PUT`
+/// on a file the store does not know must not run the `PUT` handler as the
+/// layer's internal `GET` (which wrote an empty file). A stale `If-Match`
+/// gets 412 and the file keeps its bytes; the current tag writes; `If-None-Match: *`
+/// on an existing file gets 412; `If-Match: *` on a missing file creates
+/// nothing.
+#[tokio::test]
+async fn a_conditional_put_behind_router_layer_never_empties_the_file() {
+    let data = Data::new();
+    let app = wired(Wiring::RouterLayer, &one_hour(), &data);
+
+    let created = send_put(&app, put("/media/x", "one"), "one").await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let stale = send_put(
+        &app,
+        put("/media/x", "two").header("if-match", "\"stale\""),
+        "two",
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    let read = send_empty(&app, request(Method::GET, "/media/x")).await;
+    assert_eq!(
+        (read.status, &read.body[..]),
+        (StatusCode::OK, &b"one"[..]),
+        "the 412 left the file alone"
+    );
+
+    // The current tag, on a target the store does not know yet (another
+    // spelling): the write runs, once.
+    let current = content_etag(b"one");
+    let tag = current.header_value().to_str().unwrap();
+    let written = send_put(
+        &app,
+        put("/media/x?v=2", "two").header("if-match", tag),
+        "two",
+    )
+    .await;
+    assert_eq!(written.status, StatusCode::NO_CONTENT);
+    assert_eq!(data.doc("x").unwrap().bytes, "two");
+
+    let exists = send_put(
+        &app,
+        put("/media/x", "three").header("if-none-match", "*"),
+        "three",
+    )
+    .await;
+    assert_eq!(exists.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        data.doc("x").unwrap().bytes,
+        "two",
+        "If-None-Match: * on an existing file wrote nothing"
+    );
+
+    let missing = send_put(&app, put("/media/y", "new").header("if-match", "*"), "new").await;
+    assert_eq!(missing.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        data.doc("y"),
+        None,
+        "If-Match: * on a missing file created nothing"
+    );
+    assert_eq!(data.violations(), Vec::<String>::new());
+    assert_eq!(
+        data.calls_of(Handler::Get),
+        1,
+        "only the client's GET reached the GET handler"
+    );
+}
+
+/// Reproduction 2: a `DELETE` with a stale `If-Match` behind `Router::layer`
+/// gets 412 and the resource is still there.
+#[tokio::test]
+async fn a_stale_if_match_delete_behind_router_layer_keeps_the_resource() {
+    let data = Data::new();
+    data.write("x", Bytes::from_static(b"keep me"));
+    let app = wired(Wiring::RouterLayer, &one_hour(), &data);
+
+    let refused = send_empty(
+        &app,
+        request(Method::DELETE, "/media/x").header("if-match", "\"stale\""),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(data.doc("x").unwrap().bytes, "keep me");
+    let read = send_empty(&app, request(Method::GET, "/media/x")).await;
+    assert_eq!(
+        (read.status, &read.body[..]),
+        (StatusCode::OK, &b"keep me"[..])
+    );
+    assert_eq!(data.violations(), Vec::<String>::new());
+}
+
+/// Reproduction 3: a route with a `HEAD` handler of its own (headers, no
+/// body) behind `Router::layer`. The `HEAD` never carries the tag of the
+/// empty body (`"99aa06d3014798d86001c324468d497f"`), the store never learns
+/// it, and a `GET` with that tag gets the file. Once a `GET` taught the
+/// store the content tag, a `HEAD` carries that one, and only that one.
+#[tokio::test]
+async fn a_head_handlers_empty_body_never_becomes_an_etag() {
+    let empty = content_etag(b"");
+    assert_eq!(empty.header_value(), "\"99aa06d3014798d86001c324468d497f\"");
+    for layer in [one_hour(), MediaCacheLayer::new(CachePolicy::no_cache())] {
+        let data = Data::new();
+        data.write("x", Bytes::from(vec![b'j'; 170]));
+        let current = data.doc("x").unwrap().tag();
+        let app = wired(Wiring::RouterLayer, &layer, &data);
+
+        let head = send_empty(&app, request(Method::HEAD, "/media/x")).await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert_ne!(head.etag(), Some("\"99aa06d3014798d86001c324468d497f\""));
+        assert!(
+            head.etag().is_none_or(|tag| tag == current.header_value()),
+            "{:?}",
+            head.etag()
+        );
+
+        let fooled = send_empty(
+            &app,
+            request(Method::GET, "/media/x").header("if-none-match", empty.header_value()),
+        )
+        .await;
+        assert_eq!(
+            fooled.status,
+            StatusCode::OK,
+            "the empty body's tag is not the file's"
+        );
+        assert_eq!(fooled.body.len(), 170);
+        assert_eq!(fooled.etag(), current.header_value().to_str().ok());
+
+        let head = send_empty(&app, request(Method::HEAD, "/media/x")).await;
+        assert_eq!(
+            head.etag(),
+            current.header_value().to_str().ok(),
+            "HEAD carries GET's tag"
+        );
+        let revalidated = send_empty(
+            &app,
+            request(Method::HEAD, "/media/x").header("if-none-match", current.header_value()),
+        )
+        .await;
+        assert_eq!(revalidated.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(data.violations(), Vec::<String>::new());
+    }
+}
+
+/// `Layer::layer` never lets the layer send a request of its own;
+/// `wrap_router` does. The README's two forms, side by side.
+#[tokio::test]
+async fn only_wrap_router_sends_requests_of_its_own() {
+    let layer = one_hour();
+    let routes: Router = Router::new().route("/", get(|| async { "" }));
+    assert!(!tower::Layer::layer(&layer, routes.clone()).sends_own_requests());
+    assert!(layer.wrap_router(routes).sends_own_requests());
+
+    // Whole router: a stale write on a file the store does not know is
+    // refused before the handler, by the layer's GET (to the GET handler).
+    let data = Data::new();
+    data.write("x", Bytes::from_static(b"one"));
+    let app = wired(Wiring::WholeRouter, &layer, &data);
+    let stale = send_put(
+        &app,
+        put("/media/x", "two").header("if-match", "\"stale\""),
+        "two",
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(data.calls_of(Handler::Put), 0, "the layer judged it");
+    assert_eq!(data.calls_of(Handler::Get), 1, "with one GET of its own");
+    assert_eq!(data.violations(), Vec::<String>::new());
+
+    // Per method: the same write goes to its handler, which judges it.
+    let data = Data::new();
+    data.write("x", Bytes::from_static(b"one"));
+    let app = wired(Wiring::RouterLayer, &layer, &data);
+    let stale = send_put(
+        &app,
+        put("/media/x", "two").header("if-match", "\"stale\""),
+        "two",
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        (data.calls_of(Handler::Put), data.calls_of(Handler::Get)),
+        (1, 0)
+    );
+    // Once a GET taught the store (the PUT instance shares it), the layer
+    // judges the next stale write itself.
+    send_empty(&app, request(Method::GET, "/media/x")).await;
+    let stale = send_put(
+        &app,
+        put("/media/x", "two").header("if-match", "\"stale\""),
+        "two",
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(data.calls_of(Handler::Put), 1, "refused before the handler");
+    assert_eq!(data.doc("x").unwrap().bytes, "one");
+}
+
+// ---------------------------------------------------------------------------
+// The matrix
+// ---------------------------------------------------------------------------
+
+/// SplitMix64: small, seedable, the same sequence everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// One request of a sequence.
+#[derive(Clone, Debug)]
+struct Step {
+    method: Method,
+    uri: String,
+    headers: Vec<(&'static str, String)>,
+    body: &'static str,
+}
+
+impl Step {
+    fn request(&self) -> Request<Body> {
+        let mut builder = request(self.method.clone(), &self.uri);
+        for (name, value) in &self.headers {
+            builder = builder.header(*name, value.as_str());
+        }
+        builder.body(Body::from(self.body)).unwrap()
+    }
+}
+
+const NAMES: [&str; 2] = ["a.jpg", "b.jpg"];
+const BODIES: [&str; 5] = ["one", "two", "", "three, a little longer", "one"];
+
+/// What the driver knows: every tag each name ever had.
+#[derive(Default)]
+struct History {
+    tags: BTreeMap<&'static str, Vec<EntityTag>>,
+}
+
+impl History {
+    fn saw(&mut self, name: &'static str, data: &Data) {
+        if let Some(doc) = data.doc(name) {
+            let tags = self.tags.entry(name).or_default();
+            let tag = doc.tag();
+            if !tags.iter().any(|t| t.strong_eq(&tag)) {
+                tags.push(tag);
+            }
+        }
+    }
+}
+
+fn tag_text(tag: &EntityTag) -> String {
+    tag.header_value().to_str().unwrap().to_owned()
+}
+
+/// A random step against the model's current state.
+fn step(rng: &mut Rng, model: &Data, history: &History) -> Step {
+    let name = *rng.pick(&NAMES);
+    let uri = match rng.below(10) {
+        0 => format!("/media/{name}?x=1"),
+        1 => format!("/MEDIA/{}", name.to_uppercase()),
+        2 => format!("/media/%{:02X}{}", name.as_bytes()[0], &name[1..]),
+        _ => format!("/media/{name}"),
+    };
+    let method = match rng.below(100) {
+        0..35 => Method::GET,
+        35..55 => Method::HEAD,
+        55..78 => Method::PUT,
+        78..90 => Method::DELETE,
+        _ => Method::POST,
+    };
+    let doc = model.doc(name);
+    let current = doc.as_ref().map(|d| d.tag());
+    let stale = history.tags.get(name).and_then(|tags| {
+        let old: Vec<_> = tags
+            .iter()
+            .filter(|t| current.as_ref().is_none_or(|c| !c.strong_eq(t)))
+            .collect();
+        (!old.is_empty()).then(|| old[rng.below(old.len())].clone())
+    });
+    let tag = |rng: &mut Rng| -> String {
+        match rng.below(7) {
+            0 | 1 => current
+                .as_ref()
+                .map(tag_text)
+                .unwrap_or_else(|| "\"nothing\"".into()),
+            2 | 3 => stale
+                .as_ref()
+                .map(tag_text)
+                .unwrap_or_else(|| "\"stale\"".into()),
+            4 => "*".into(),
+            5 => current
+                .as_ref()
+                .map(|t| format!("W/{}", tag_text(t)))
+                .unwrap_or_else(|| "W/\"x\"".into()),
+            _ => "garbage".into(),
+        }
+    };
+    let date = |rng: &mut Rng| -> String {
+        let secs = doc.as_ref().map_or(1_600_000_000, |d| d.modified);
+        let secs = match rng.below(4) {
+            0 => secs,
+            1 => secs - 5,
+            2 => secs + 5,
+            _ => return "not a date".into(),
+        };
+        httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+    };
+    let mut headers = Vec::new();
+    match rng.below(10) {
+        0 | 1 => headers.push(("if-match", tag(rng))),
+        2 | 3 => headers.push(("if-none-match", tag(rng))),
+        4 => headers.push(("if-unmodified-since", date(rng))),
+        5 => headers.push(("if-modified-since", date(rng))),
+        6 => {
+            headers.push(("if-match", tag(rng)));
+            headers.push(("if-unmodified-since", date(rng)));
+        }
+        _ => {}
+    }
+    if rng.chance(20) {
+        headers.push(("host", (*rng.pick(&["a.test", "A.TEST", "b.test"])).into()));
+    }
+    if rng.chance(8) {
+        headers.push(("cache-control", "no-cache".into()));
+    }
+    let body = match method {
+        Method::PUT => *rng.pick(&BODIES),
+        Method::POST => "+",
+        _ => "",
+    };
+    Step {
+        method,
+        uri,
+        headers,
+        body,
+    }
+}
+
+/// What went wrong at a step, if anything.
+fn check(
+    step: &Step,
+    wiring: Wiring,
+    ours: &Answer,
+    twin: &Answer,
+    before: &BTreeMap<String, wiring_app::Doc>,
+    data: &Data,
+    model: &Data,
+) -> Option<String> {
+    if ours.status != twin.status {
+        // Behind `Router::layer`, `ServeDir` answers `HEAD` with no body and
+        // the layer hides the preconditions from it (`authoritative`): until
+        // a `GET` taught the tag, the layer cannot judge `If-Match` or
+        // `If-None-Match` tags, and the `HEAD` gets its 200 without a tag
+        // (README, Wiring).
+        let unjudged_head = wiring == Wiring::ServeDirLayer
+            && step.method == Method::HEAD
+            && ours.status == StatusCode::OK
+            && matches!(
+                twin.status,
+                StatusCode::NOT_MODIFIED | StatusCode::PRECONDITION_FAILED
+            )
+            && ours.etag().is_none();
+        // A whole-router layer judges a conditional `PUT` against its own
+        // `GET`: a 404 there is "no representation" (If-Match fails), also
+        // where the 404 is the router's, for a path no route serves (README,
+        // Writes). The write is refused either way.
+        let refused_on_no_route = wiring.is_whole()
+            && step.method == Method::PUT
+            && ours.status == StatusCode::PRECONDITION_FAILED
+            && twin.status == StatusCode::NOT_FOUND
+            && data.docs() == *before;
+        if !(unjudged_head || refused_on_no_route) {
+            return Some(format!(
+                "status {} where the bare app says {}",
+                ours.status, twin.status
+            ));
+        }
+    }
+    if step.method == Method::GET && ours.status == StatusCode::OK && ours.body != twin.body {
+        return Some(format!(
+            "body {:?} where the bare app sends {:?}",
+            ours.body, twin.body
+        ));
+    }
+    let docs = data.docs();
+    if docs != model.docs() {
+        return Some(format!(
+            "data {docs:?} where the bare app has {:?}",
+            model.docs()
+        ));
+    }
+    if matches!(
+        ours.status,
+        StatusCode::NOT_MODIFIED | StatusCode::PRECONDITION_FAILED
+    ) && &docs != before
+    {
+        return Some(format!("a {} changed the data", ours.status));
+    }
+    if wiring.is_whole() || matches!(wiring, Wiring::ServeDirLayer) {
+        let files = data.files();
+        let expected: BTreeMap<_, _> = docs
+            .iter()
+            .map(|(k, d)| (k.clone(), d.bytes.clone()))
+            .collect();
+        if files != expected && !files.is_empty() {
+            return Some(format!(
+                "files {files:?} where the documents are {expected:?}"
+            ));
+        }
+    }
+    let name = step
+        .uri
+        .trim_start_matches("/media/")
+        .split('?')
+        .next()
+        .unwrap_or("");
+    let name = match name.strip_prefix('%') {
+        Some(rest) => {
+            let byte = u8::from_str_radix(&rest[..2], 16).unwrap();
+            format!("{}{}", byte as char, &rest[2..])
+        }
+        None => name.to_owned(),
+    };
+    let reads = step.method == Method::GET || step.method == Method::HEAD;
+    if reads
+        && matches!(ours.status, StatusCode::OK | StatusCode::NOT_MODIFIED)
+        && let Some(tag) = ours.etag()
+    {
+        let current = docs.get(&name).map(|d| tag_text(&d.tag()));
+        if current.as_deref() != Some(tag) {
+            return Some(format!(
+                "{} carries {tag}, the current tag is {current:?}",
+                step.method
+            ));
+        }
+    }
+    let violations = data.violations();
+    if !violations.is_empty() {
+        return Some(violations.join("; "));
+    }
+    None
+}
+
+async fn run(
+    wiring: Wiring,
+    policy_name: &str,
+    policy: CachePolicy,
+    seed: u64,
+    steps: usize,
+) -> Result<(), String> {
+    let (model, data) = (Data::new(), wiring.data());
+    let twin = bare(&model);
+    let (layer, _handle) = wiring_app::layer(policy);
+    let app = wired(wiring, &layer, &data);
+    let mut rng = Rng(seed);
+    let mut history = History::default();
+    for name in NAMES {
+        if rng.chance(70) {
+            model.write(name, Bytes::from_static(b"seed"));
+            data.write(name, Bytes::from_static(b"seed"));
+            history.saw(name, &model);
+        }
+    }
+    let mut log = String::new();
+    for i in 0..steps {
+        let step = step(&mut rng, &model, &history);
+        let before = data.docs();
+        let ours = send(&app, step.request()).await;
+        let theirs = send(&twin, step.request()).await;
+        let _ = writeln!(
+            log,
+            "  {i}: {} {} {:?} {:?} -> {} (bare {}) etag {:?}",
+            step.method,
+            step.uri,
+            step.headers,
+            step.body,
+            ours.status,
+            theirs.status,
+            ours.etag()
+        );
+        if let Some(wrong) = check(&step, wiring, &ours, &theirs, &before, &data, &model) {
+            return Err(format!(
+                "{wiring:?} under {policy_name}, seed {seed}, step {i}: {wrong}\n{log}"
+            ));
+        }
+        for name in NAMES {
+            history.saw(name, &model);
+        }
+    }
+    Ok(())
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The matrix: every wiring, under a store that trusts until invalidated,
+/// `max-age` trust and `no-cache` (the layer never answers alone).
+/// `MethodRouter::layer` on `GET` alone runs only under `no-cache`: writes
+/// do not pass the layer there, so nothing may be trusted (README, Wiring).
+#[tokio::test]
+async fn every_wiring_answers_as_the_bare_app_and_keeps_its_data() {
+    let (seeds, steps) = (
+        env_or("TMC_WIRING_SEEDS", 12) as u64,
+        env_or("TMC_WIRING_STEPS", 60),
+    );
+    let mut failures = Vec::new();
+    for wiring in Wiring::ALL {
+        for (policy_name, policy) in wiring_app::policies() {
+            if !wiring.writes_pass_the_layer() && policy_name != "no-cache" {
+                continue;
+            }
+            for seed in 0..seeds {
+                if let Err(failure) = run(wiring, policy_name, policy.clone(), seed, steps).await {
+                    failures.push(failure);
+                    break;
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Each handler of a route with all five methods is called only with its
+/// own method in every wiring, and the whole-router wirings are the only
+/// ones whose `GET` handler runs more often than clients sent `GET`s.
+#[tokio::test]
+async fn handlers_run_only_for_their_own_method_and_only_whole_wirings_fetch() {
+    for wiring in Wiring::ALL {
+        let (model, data) = (Data::new(), wiring.data());
+        model.write("a.jpg", Bytes::from_static(b"seed"));
+        data.write("a.jpg", Bytes::from_static(b"seed"));
+        let layer = MediaCacheLayer::new(CachePolicy::no_cache());
+        let app = wired(wiring, &layer, &data);
+        let mut headers = HeaderMap::new();
+        headers.insert("if-match", "\"stale\"".parse().unwrap());
+        for method in [Method::PUT, Method::DELETE, Method::HEAD] {
+            let mut builder = request(method.clone(), "/media/a.jpg");
+            for (name, value) in &headers {
+                builder = builder.header(name, value);
+            }
+            let answer = send(&app, builder.body(Body::from("x")).unwrap()).await;
+            // `ServeDir` behind `Router::layer`: a HEAD's tags unjudged
+            // until a GET taught the tag (README, Wiring).
+            let expected = if wiring == Wiring::ServeDirLayer && method == Method::HEAD {
+                StatusCode::OK
+            } else {
+                StatusCode::PRECONDITION_FAILED
+            };
+            assert_eq!(answer.status, expected, "{wiring:?} {method}");
+        }
+        assert_eq!(data.violations(), Vec::<String>::new(), "{wiring:?}");
+        assert_eq!(data.docs(), model.docs(), "{wiring:?}");
+        let internal_gets = data.calls_of(Handler::Get);
+        if wiring.is_whole() {
+            assert!(
+                internal_gets >= 2,
+                "{wiring:?}: the layer judged the writes with GETs of its own"
+            );
+        } else {
+            let head_to_get = matches!(
+                wiring,
+                Wiring::RouterLayerGetServesHead | Wiring::ServiceFnLayer | Wiring::ServeDirLayer
+            ) as usize;
+            assert_eq!(
+                internal_gets, head_to_get,
+                "{wiring:?}: no GET of the layer's own"
+            );
+        }
+    }
+}

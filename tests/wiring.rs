@@ -673,7 +673,11 @@ where
     use axum::response::IntoResponse;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
-    let response = service.clone().oneshot(request).await.unwrap_or_else(|e| match e {});
+    let response = service
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|e| match e {});
     let (head, body) = response.into_response().into_parts();
     let collected = body.collect().await.expect("a body");
     let trailers = collected.trailers().cloned();
@@ -697,12 +701,23 @@ async fn tonic_routes_behind_the_layer_answer_as_the_bare_routes() {
     let mut seen_tags: Vec<String> = vec!["\"x\"".into()];
     for i in 0..200 {
         if rng.chance(15) {
-            let (name, status) = (*rng.pick(&NAMES), *rng.pick(&[ServingStatus::Serving, ServingStatus::NotServing]));
+            let (name, status) = (
+                *rng.pick(&NAMES),
+                *rng.pick(&[ServingStatus::Serving, ServingStatus::NotServing]),
+            );
             bare_reporter.set_service_status(name, status).await;
             reporter.set_service_status(name, status).await;
         }
         let name = *rng.pick(&NAMES);
-        let method = rng.pick(&[Method::POST, Method::POST, Method::GET, Method::HEAD, Method::PUT]).clone();
+        let method = rng
+            .pick(&[
+                Method::POST,
+                Method::POST,
+                Method::GET,
+                Method::HEAD,
+                Method::PUT,
+            ])
+            .clone();
         // Conditional gRPC calls, which tonic ignores and the layer leaves to
         // it (no trusted entry under `no-cache`). A conditional GET to a gRPC
         // path would be judged by the layer, as for any service; exclude
@@ -721,14 +736,26 @@ async fn tonic_routes_behind_the_layer_answer_as_the_bare_routes() {
             *request.method_mut() = method.clone();
             request
         };
-        let (ours, theirs) = (send_grpc(&layered, make()).await, send_grpc(&twin, make()).await);
+        let (ours, theirs) = (
+            send_grpc(&layered, make()).await,
+            send_grpc(&twin, make()).await,
+        );
         assert_eq!(ours.0, theirs.0, "step {i}: {method} {headers:?}");
         assert_eq!(ours.1, theirs.1, "step {i}: {method} {headers:?}");
-        let grpc_status = |t: &Option<HeaderMap>| t.as_ref().and_then(|t| t.get("grpc-status").cloned());
-        assert_eq!(grpc_status(&ours.2), grpc_status(&theirs.2), "step {i}: {method} {headers:?}");
+        let grpc_status =
+            |t: &Option<HeaderMap>| t.as_ref().and_then(|t| t.get("grpc-status").cloned());
+        assert_eq!(
+            grpc_status(&ours.2),
+            grpc_status(&theirs.2),
+            "step {i}: {method} {headers:?}"
+        );
         if let Some(tag) = ours.2.as_ref().and_then(|t| t.get("etag")) {
             seen_tags.push(tag.to_str().unwrap().to_owned());
         }
     }
-    assert_eq!(layer.handle().stats().validator_fetches, 0, "no request of the layer's own");
+    assert_eq!(
+        layer.handle().stats().validator_fetches,
+        0,
+        "no request of the layer's own"
+    );
 }

@@ -57,6 +57,10 @@ pub(crate) enum Plan<B: Body> {
     /// A `GET`'s body too large to read first: it streams, hashed, verified
     /// or cut as it passes ([`Exchange::stream`]).
     Stream,
+    /// A `HEAD`'s body too large to read first, with no tag the layer may
+    /// vouch for: read to its end and hashed (never buffered), then the
+    /// `HEAD` is answered with the tag ([`Exchange::adopt_learned`]).
+    Drain,
 }
 
 /// An `ETag` learned from an earlier answer, put on a streamed one while
@@ -75,6 +79,8 @@ struct Claim {
 pub(crate) enum Source<B: Body> {
     Stream(B),
     Buffered(Buffered<B>),
+    /// A `HEAD`'s body, read to its end and dropped ([`Plan::Drain`]).
+    Drained,
 }
 
 impl<B: Body> Source<B> {
@@ -82,12 +88,13 @@ impl<B: Body> Source<B> {
         match self {
             Source::Stream(body) => ResponseBody::stream(body),
             Source::Buffered(buffered) => ResponseBody::chunks(buffered),
+            Source::Drained => ResponseBody::empty(),
         }
     }
 
     fn is_complete(&self) -> bool {
         match self {
-            Source::Stream(_) => true,
+            Source::Stream(_) | Source::Drained => true,
             Source::Buffered(buffered) => buffered.is_complete(),
         }
     }
@@ -198,6 +205,11 @@ impl Exchange {
             tags: Tags::default(),
             happened: Happened::default(),
         }
+    }
+
+    /// The validators the answer carries so far.
+    pub(crate) fn validators(&self) -> &Validators {
+        &self.validators
     }
 
     /// The route rule the request matched.
@@ -330,12 +342,14 @@ impl Exchange {
     pub(crate) fn judge_write<B: Body>(&mut self, current: Current) -> Outcome<B> {
         let present = Present::scan(&self.request_headers);
         let verdict = match &current {
-            Current::Exists(validators) => preconditions::judge(
-                &self.method,
-                &self.request_headers,
-                present,
-                Target::Exists(validators),
-            ),
+            Current::Exists(validators) | Current::Hashed { validators, .. } => {
+                preconditions::judge(
+                    &self.method,
+                    &self.request_headers,
+                    present,
+                    Target::Exists(validators),
+                )
+            }
             Current::Absent => {
                 preconditions::judge(&self.method, &self.request_headers, present, Target::Absent)
             }
@@ -346,7 +360,7 @@ impl Exchange {
         }
         self.write_turn = None;
         let validators = match current {
-            Current::Exists(validators) => validators,
+            Current::Exists(validators) | Current::Hashed { validators, .. } => validators,
             Current::Absent | Current::Unknown => Validators::new(),
         };
         Outcome::Answer(self.failed(&validators))
@@ -465,19 +479,21 @@ impl Exchange {
             return Plan::Finish;
         }
         self.adopt_validators(head);
+        let head_ok = self.method == Method::HEAD && head.status == StatusCode::OK;
+        if head_ok {
+            self.adopt_head_claim(head);
+        }
         if head.status == StatusCode::OK
             && let Some(plan) = self.buffering(body)
         {
             return plan;
         }
-        if self.method == Method::HEAD && head.status == StatusCode::OK {
-            self.adopt_head_claim(head);
-            if self.config.learn_head
-                && self.validators.etag().is_none()
-                && !self.directives.no_store
-            {
-                return Plan::Learn;
-            }
+        if head_ok
+            && self.config.learn_head
+            && self.validators.etag().is_none()
+            && !self.directives.no_store
+        {
+            return Plan::Learn;
         }
         // Not hashed: a fingerprint can only be vouched for by a trusted
         // entry learned from a verified answer (a HEAD after a GET).
@@ -631,10 +647,15 @@ impl Exchange {
 
     /// A body too large to read first (or refused by the budget): a
     /// `GET`'s streams, hashed as it goes; a `HEAD`'s (which the server
-    /// drops) passes unhashed.
+    /// drops) is read to its end and hashed, so the `HEAD` carries the tag
+    /// the `GET` would ([`Plan::Drain`]), unless hashing large bodies or
+    /// learning `HEAD` validators is off: then it passes unhashed.
     fn not_buffered<B: Body>(&self, want_hash: bool) -> Option<Plan<B>> {
         if self.is_get() {
             return Some(Plan::Stream);
+        }
+        if want_hash && self.config.hash_large && self.config.learn_head {
+            return Some(Plan::Drain);
         }
         if want_hash {
             self.count_unhashed();
@@ -853,12 +874,25 @@ impl Exchange {
         }))
     }
 
-    /// What an internal `GET` taught a `HEAD` that came without a body to
-    /// hash: the `GET`'s `ETag` goes on the `HEAD` answer (RFC 9110 §9.3.2),
-    /// which the store then learns as it would from the `GET`.
+    /// What an internal `GET` (or the `HEAD`'s own body, read to its end)
+    /// taught a `HEAD` that came without a body to buffer: the `GET`'s `ETag`
+    /// goes on the `HEAD` answer (RFC 9110 §9.3.2), with its length when
+    /// the service declared none, and the store then learns it as it would
+    /// from the `GET` — with the length and `Last-Modified` the tag was
+    /// computed for, so later answers may carry it ([`Exchange::claim`]).
     pub(crate) fn adopt_learned(&mut self, head: &mut response::Parts, current: Current) {
         let learned = match current {
             Current::Exists(validators) => validators.etag().cloned(),
+            Current::Hashed { validators, len } => {
+                self.basis = Some(Basis {
+                    len,
+                    last_modified: validators.last_modified_date(),
+                });
+                head.headers
+                    .entry(CONTENT_LENGTH)
+                    .or_insert_with(|| HeaderValue::from(len));
+                validators.etag().cloned()
+            }
             Current::Absent | Current::Unknown => None,
         };
         if let Some(etag) = &learned {
@@ -958,7 +992,7 @@ impl Exchange {
         if let Some(leader) = flight {
             leader.end(|| match &source {
                 Source::Buffered(buffered) => self.shareable(&head, buffered),
-                Source::Stream(_) => None,
+                Source::Stream(_) | Source::Drained => None,
             });
         }
         if let Some(answer) = self.judge_answer(&head.headers, learnable, false) {

@@ -16,6 +16,9 @@ use crate::validators::{self, ContentHasher, HashMemo, Validators};
 pub(crate) enum Current {
     /// A current representation with these validators.
     Exists(Validators),
+    /// A current representation whose content tag the layer computed from
+    /// its `len` bytes, with these validators.
+    Hashed { validators: Validators, len: u64 },
     /// No current representation: the service answers `GET` with 404/410.
     Absent,
     /// The service did not say (another status, an error): the write goes
@@ -50,19 +53,29 @@ pub(crate) fn fetched<B: Body>(
     if validators.etag().is_some() {
         return Ok(Current::Exists(validators));
     }
-    Err(Box::new(Fetched {
-        body: Box::pin(body),
-        validators,
-        hasher: ContentHasher::new(),
-    }))
+    Err(Box::new(Fetched::new(body, validators)))
 }
 
-/// The body of an internal `GET`, hashed as it is read and dropped: never
+/// The body of an internal `GET` (or a `HEAD`'s, when its service produced
+/// one too large to buffer), hashed as it is read and dropped: never
 /// buffered, whatever its size.
 pub(crate) struct Fetched<B> {
     body: Pin<Box<B>>,
     validators: Validators,
     hasher: ContentHasher,
+    len: u64,
+}
+
+impl<B> Fetched<B> {
+    /// `body`, described by `validators`, to hash to its end.
+    pub(crate) fn new(body: B, validators: Validators) -> Self {
+        Self {
+            body: Box::pin(body),
+            validators,
+            hasher: ContentHasher::new(),
+            len: 0,
+        }
+    }
 }
 
 impl<B: Body> Fetched<B> {
@@ -75,7 +88,9 @@ impl<B: Body> Fetched<B> {
                     let validators = std::mem::take(&mut self.validators);
                     let hasher = std::mem::replace(&mut self.hasher, ContentHasher::new());
                     let (etag, _) = hasher.finish(&HashMemo::NONE);
-                    return Poll::Ready(Current::Exists(validators.with_etag(etag)));
+                    let validators = validators.with_etag(etag);
+                    let len = self.len;
+                    return Poll::Ready(Current::Hashed { validators, len });
                 }
                 Some(Err(_)) => return Poll::Ready(Current::Unknown),
                 Some(Ok(frame)) => {
@@ -84,6 +99,7 @@ impl<B: Body> Fetched<B> {
                             let chunk = data.chunk();
                             let len = chunk.len();
                             self.hasher.update(chunk);
+                            self.len += len as u64;
                             data.advance(len);
                         }
                     }

@@ -85,10 +85,11 @@ pub(crate) enum Call<B> {
     Fetch(Box<Answered<B>>),
 }
 
-/// The service's answer to a `HEAD`, waiting for an internal `GET`.
+/// The service's answer to a `HEAD`, waiting for an internal `GET` (or
+/// for its own body to be read and hashed: then `body` is `None`).
 pub(crate) struct Answered<B> {
     head: response::Parts,
-    body: B,
+    body: Option<B>,
 }
 
 /// A response whose body the layer is reading before it answers.

@@ -14,7 +14,7 @@ use crate::exchange::{Exchange, Outcome, Plan, Source};
 use crate::handle::Counter;
 use crate::policy::ProbeFuture;
 use crate::validators::ContentHasher;
-use crate::write::{self, Current};
+use crate::write::{self, Current, Fetched};
 
 /// A write's turn came: judged against a trusted entry, else the probe,
 /// else an internal `GET` of its target where the service routes by method;
@@ -80,8 +80,9 @@ pub(super) fn judged<F, B: Body>(
         Some(answered) => {
             let Answered { mut head, body } = *answered;
             exchange.adopt_learned(&mut head, current);
+            let source = body.map_or(Source::Drained, Source::Stream);
             State::Ready {
-                response: Some(exchange.finish(head, Source::Stream(body))),
+                response: Some(exchange.finish(head, source)),
             }
         }
         None => decided(exchange.judge_write(current), held),
@@ -132,7 +133,10 @@ pub(super) fn answered<F, B: Body>(
         },
         Plan::Learn => match held {
             Some(held) => {
-                let call = Some(Call::Fetch(Box::new(Answered { head, body })));
+                let call = Some(Call::Fetch(Box::new(Answered {
+                    head,
+                    body: Some(body),
+                })));
                 State::Calling {
                     held: Some(held),
                     call,
@@ -142,9 +146,20 @@ pub(super) fn answered<F, B: Body>(
                 exchange,
                 Current::Unknown,
                 held,
-                Some(Box::new(Answered { head, body })),
+                Some(Box::new(Answered {
+                    head,
+                    body: Some(body),
+                })),
             ),
         },
+        Plan::Drain => {
+            let validators = exchange.validators().clone();
+            State::Draining {
+                fetched: Box::new(Fetched::new(body, validators)),
+                held: None,
+                head: Some(Box::new(Answered { head, body: None })),
+            }
+        }
         Plan::Stream => {
             let mut read = Buffered::new();
             read.rest = Some(Box::pin(body));

@@ -75,49 +75,58 @@ impl Media {
     }
 }
 
-/// `/video`: the media in 64 KiB chunks, `Range` ignored.
+/// `/video`: the media in 64 KiB chunks, `Range` ignored, behind `layer`
+/// as `Router::layer` puts it (per method).
 pub fn app(media: Arc<Media>, layer: MediaCacheLayer) -> Router {
-    Router::new()
-        .route(
-            "/video",
-            axum::routing::get(move || {
-                let media = media.clone();
-                async move {
-                    media.calls.fetch_add(1, Ordering::SeqCst);
-                    let bytes = media.bytes.lock().unwrap().clone();
-                    let mut response = if media.fresh {
-                        let body = FileLike {
-                            bytes,
-                            at: 0,
-                            sized: media.sized,
-                        };
-                        Body::new(body).into_response()
-                    } else if media.sized {
-                        Body::from(bytes).into_response()
-                    } else {
-                        let counted = media.clone();
-                        let chunks = (0..bytes.len()).step_by(CHUNK).map(move |start| {
-                            Ok::<_, Infallible>(bytes.slice(start..bytes.len().min(start + CHUNK)))
-                        });
-                        let stream = futures_util::stream::iter(chunks).inspect(move |chunk| {
-                            if let Ok(chunk) = chunk {
-                                counted
-                                    .produced
-                                    .fetch_add(chunk.len() as u64, Ordering::SeqCst);
-                            }
-                        });
-                        Body::from_stream(stream).into_response()
+    routes(media).layer(layer)
+}
+
+/// The same with the layer around the whole router (`wrap_router`).
+pub fn app_whole(media: Arc<Media>, layer: MediaCacheLayer) -> Router {
+    Router::new().fallback_service(layer.wrap_router(routes(media)))
+}
+
+/// `/video` without a layer.
+pub fn routes(media: Arc<Media>) -> Router {
+    Router::new().route(
+        "/video",
+        axum::routing::get(move || {
+            let media = media.clone();
+            async move {
+                media.calls.fetch_add(1, Ordering::SeqCst);
+                let bytes = media.bytes.lock().unwrap().clone();
+                let mut response = if media.fresh {
+                    let body = FileLike {
+                        bytes,
+                        at: 0,
+                        sized: media.sized,
                     };
-                    if let Some(date) = media.last_modified {
-                        response
-                            .headers_mut()
-                            .insert(LAST_MODIFIED, date.parse().unwrap());
-                    }
+                    Body::new(body).into_response()
+                } else if media.sized {
+                    Body::from(bytes).into_response()
+                } else {
+                    let counted = media.clone();
+                    let chunks = (0..bytes.len()).step_by(CHUNK).map(move |start| {
+                        Ok::<_, Infallible>(bytes.slice(start..bytes.len().min(start + CHUNK)))
+                    });
+                    let stream = futures_util::stream::iter(chunks).inspect(move |chunk| {
+                        if let Ok(chunk) = chunk {
+                            counted
+                                .produced
+                                .fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                        }
+                    });
+                    Body::from_stream(stream).into_response()
+                };
+                if let Some(date) = media.last_modified {
                     response
+                        .headers_mut()
+                        .insert(LAST_MODIFIED, date.parse().unwrap());
                 }
-            }),
-        )
-        .layer(layer)
+                response
+            }
+        }),
+    )
 }
 
 /// A body read in 64 KiB pieces, each copied into a buffer of its own, as a

@@ -14,10 +14,19 @@
 //! The decoder builds sequences as the proptest strategy does — a few
 //! neighbouring shapes, then requests over them — from the same pools, a
 //! byte or so per field, so small inputs already make several requests.
+//!
+//! The same bytes then drive the wiring matrix of `tests/wiring.rs`
+//! (`tests/wiring_app`, included by path): the first byte picks a wiring
+//! (per method behind axum's `Router::layer`, `route_layer`,
+//! `MethodRouter::layer`, a `service_fn`, `ServeDir`, or wrapped whole) and
+//! a trust mode, the rest the requests; the app behind the layer must
+//! answer as its bare twin and keep its data.
 #![no_main]
 
 #[path = "../../tests/differential_app/mod.rs"]
 mod differential_app;
+#[path = "../../tests/wiring_app/mod.rs"]
+mod wiring_app;
 
 use arbitrary::{Result, Unstructured};
 use futures_util::FutureExt;
@@ -88,7 +97,44 @@ fn sequence(u: &mut Unstructured<'_>) -> Result<Vec<Step>> {
     Ok(steps)
 }
 
+/// The fuzzer's bytes as the wiring matrix's choices (zeros once spent).
+struct Bytes<'a>(Unstructured<'a>);
+
+impl wiring_app::Choose for Bytes<'_> {
+    fn below(&mut self, n: usize) -> usize {
+        self.0.choose_index(n).unwrap_or(0)
+    }
+}
+
+/// A wiring, a trust mode and up to `MAX_STEPS` requests from `data`.
+fn wiring(data: &[u8]) {
+    use wiring_app::Wiring;
+    let [first, rest @ ..] = data else {
+        return;
+    };
+    let wiring = Wiring::ALL[usize::from(*first) % Wiring::ALL.len()];
+    let policies = wiring_app::policies();
+    let (name, policy) = policies[usize::from(*first / 16) % policies.len()].clone();
+    if !wiring.writes_pass_the_layer() && name != "no-cache" {
+        return;
+    }
+    let steps = (rest.len() / 4).min(MAX_STEPS);
+    let mut bytes = Bytes(Unstructured::new(rest));
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+    }
+    let outcome = RUNTIME.with(|runtime| {
+        runtime.block_on(wiring_app::run(wiring, name, policy, &mut bytes, steps))
+    });
+    if let Err(difference) = outcome {
+        panic!("{difference}");
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
+    wiring(data);
     let Ok(steps) = sequence(&mut Unstructured::new(data)) else {
         return;
     };

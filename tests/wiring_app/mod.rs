@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -593,4 +594,325 @@ pub async fn send(app: &App, request: Request<Body>) -> Answer {
         headers: head.headers,
         body,
     }
+}
+
+// ---------------------------------------------------------------------------
+// Random sequences against the bare twin (tests/wiring.rs, the fuzz target)
+// ---------------------------------------------------------------------------
+
+/// Where a sequence's choices come from: a seeded generator in the tests,
+/// the fuzzer's bytes in `fuzz/fuzz_targets/differential.rs`.
+pub trait Choose {
+    /// A number below `n` (> 0).
+    fn below(&mut self, n: usize) -> usize;
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// SplitMix64: small, seedable, the same sequence everywhere.
+pub struct Rng(pub u64);
+
+impl Choose for Rng {
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// One request of a sequence.
+#[derive(Clone, Debug)]
+pub struct Step {
+    method: Method,
+    uri: String,
+    headers: Vec<(&'static str, String)>,
+    body: &'static str,
+}
+
+impl Step {
+    pub fn request(&self) -> Request<Body> {
+        let mut builder = Request::builder()
+            .method(self.method.clone())
+            .uri(&self.uri);
+        for (name, value) in &self.headers {
+            builder = builder.header(*name, value.as_str());
+        }
+        builder.body(Body::from(self.body)).unwrap()
+    }
+}
+
+pub const NAMES: [&str; 2] = ["a.jpg", "b.jpg"];
+pub const BODIES: [&str; 5] = ["one", "two", "", "three, a little longer", "one"];
+
+/// What the driver knows: every tag each name ever had.
+#[derive(Default)]
+pub struct History {
+    tags: BTreeMap<&'static str, Vec<EntityTag>>,
+}
+
+impl History {
+    fn saw(&mut self, name: &'static str, data: &Data) {
+        if let Some(doc) = data.doc(name) {
+            let tags = self.tags.entry(name).or_default();
+            let tag = doc.tag();
+            if !tags.iter().any(|t| t.strong_eq(&tag)) {
+                tags.push(tag);
+            }
+        }
+    }
+}
+
+fn tag_text(tag: &EntityTag) -> String {
+    tag.header_value().to_str().unwrap().to_owned()
+}
+
+/// A random step against the model's current state.
+pub fn step(rng: &mut impl Choose, model: &Data, history: &History) -> Step {
+    let name = *rng.pick(&NAMES);
+    let uri = match rng.below(10) {
+        0 => format!("/media/{name}?x=1"),
+        1 => format!("/MEDIA/{}", name.to_uppercase()),
+        2 => format!("/media/%{:02X}{}", name.as_bytes()[0], &name[1..]),
+        _ => format!("/media/{name}"),
+    };
+    let method = match rng.below(100) {
+        0..35 => Method::GET,
+        35..55 => Method::HEAD,
+        55..78 => Method::PUT,
+        78..90 => Method::DELETE,
+        _ => Method::POST,
+    };
+    let doc = model.doc(name);
+    let current = doc.as_ref().map(|d| d.tag());
+    let stale = history.tags.get(name).and_then(|tags| {
+        let old: Vec<_> = tags
+            .iter()
+            .filter(|t| current.as_ref().is_none_or(|c| !c.strong_eq(t)))
+            .collect();
+        (!old.is_empty()).then(|| old[rng.below(old.len())].clone())
+    });
+    let tag = |choice: usize| -> String {
+        match choice {
+            0 | 1 => current
+                .as_ref()
+                .map(tag_text)
+                .unwrap_or_else(|| "\"nothing\"".into()),
+            2 | 3 => stale
+                .as_ref()
+                .map(tag_text)
+                .unwrap_or_else(|| "\"stale\"".into()),
+            4 => "*".into(),
+            5 => current
+                .as_ref()
+                .map(|t| format!("W/{}", tag_text(t)))
+                .unwrap_or_else(|| "W/\"x\"".into()),
+            _ => "garbage".into(),
+        }
+    };
+    let date = |choice: usize| -> String {
+        let secs = doc.as_ref().map_or(1_600_000_000, |d| d.modified);
+        let secs = match choice {
+            0 => secs,
+            1 => secs - 5,
+            2 => secs + 5,
+            _ => return "not a date".into(),
+        };
+        httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+    };
+    let mut headers = Vec::new();
+    match rng.below(10) {
+        0 | 1 => headers.push(("if-match", tag(rng.below(7)))),
+        2 | 3 => headers.push(("if-none-match", tag(rng.below(7)))),
+        4 => headers.push(("if-unmodified-since", date(rng.below(4)))),
+        5 => headers.push(("if-modified-since", date(rng.below(4)))),
+        6 => {
+            headers.push(("if-match", tag(rng.below(7))));
+            headers.push(("if-unmodified-since", date(rng.below(4))));
+        }
+        _ => {}
+    }
+    if rng.chance(20) {
+        headers.push(("host", (*rng.pick(&["a.test", "A.TEST", "b.test"])).into()));
+    }
+    if rng.chance(8) {
+        headers.push(("cache-control", "no-cache".into()));
+    }
+    let body = match method {
+        Method::PUT => *rng.pick(&BODIES),
+        Method::POST => "+",
+        _ => "",
+    };
+    Step {
+        method,
+        uri,
+        headers,
+        body,
+    }
+}
+
+/// What went wrong at a step, if anything.
+fn check(
+    step: &Step,
+    wiring: Wiring,
+    ours: &Answer,
+    twin: &Answer,
+    before: &BTreeMap<String, Doc>,
+    data: &Data,
+    model: &Data,
+) -> Option<String> {
+    if ours.status != twin.status {
+        // Behind `Router::layer`, `ServeDir` answers `HEAD` with no body and
+        // the layer hides the preconditions from it (`authoritative`): until
+        // a `GET` taught the tag, the layer cannot judge `If-Match` or
+        // `If-None-Match` tags, and the `HEAD` gets its 200 without a tag
+        // (README, Wiring).
+        let unjudged_head = wiring == Wiring::ServeDirLayer
+            && step.method == Method::HEAD
+            && ours.status == StatusCode::OK
+            && matches!(
+                twin.status,
+                StatusCode::NOT_MODIFIED | StatusCode::PRECONDITION_FAILED
+            )
+            && ours.etag().is_none();
+        // A whole-router layer judges a conditional `PUT` against its own
+        // `GET`: a 404 there is "no representation" (If-Match fails), also
+        // where the 404 is the router's, for a path no route serves (README,
+        // Writes). The write is refused either way.
+        let refused_on_no_route = wiring.is_whole()
+            && step.method == Method::PUT
+            && ours.status == StatusCode::PRECONDITION_FAILED
+            && twin.status == StatusCode::NOT_FOUND
+            && data.docs() == *before;
+        if !(unjudged_head || refused_on_no_route) {
+            return Some(format!(
+                "status {} where the bare app says {}",
+                ours.status, twin.status
+            ));
+        }
+    }
+    if step.method == Method::GET && ours.status == StatusCode::OK && ours.body != twin.body {
+        return Some(format!(
+            "body {:?} where the bare app sends {:?}",
+            ours.body, twin.body
+        ));
+    }
+    let docs = data.docs();
+    if docs != model.docs() {
+        return Some(format!(
+            "data {docs:?} where the bare app has {:?}",
+            model.docs()
+        ));
+    }
+    if matches!(
+        ours.status,
+        StatusCode::NOT_MODIFIED | StatusCode::PRECONDITION_FAILED
+    ) && &docs != before
+    {
+        return Some(format!("a {} changed the data", ours.status));
+    }
+    if wiring.is_whole() || matches!(wiring, Wiring::ServeDirLayer) {
+        let files = data.files();
+        let expected: BTreeMap<_, _> = docs
+            .iter()
+            .map(|(k, d)| (k.clone(), d.bytes.clone()))
+            .collect();
+        if files != expected && !files.is_empty() {
+            return Some(format!(
+                "files {files:?} where the documents are {expected:?}"
+            ));
+        }
+    }
+    let name = step
+        .uri
+        .trim_start_matches("/media/")
+        .split('?')
+        .next()
+        .unwrap_or("");
+    let name = match name.strip_prefix('%') {
+        Some(rest) => {
+            let byte = u8::from_str_radix(&rest[..2], 16).unwrap();
+            format!("{}{}", byte as char, &rest[2..])
+        }
+        None => name.to_owned(),
+    };
+    let reads = step.method == Method::GET || step.method == Method::HEAD;
+    if reads
+        && matches!(ours.status, StatusCode::OK | StatusCode::NOT_MODIFIED)
+        && let Some(tag) = ours.etag()
+    {
+        let current = docs.get(&name).map(|d| tag_text(&d.tag()));
+        if current.as_deref() != Some(tag) {
+            return Some(format!(
+                "{} carries {tag}, the current tag is {current:?}",
+                step.method
+            ));
+        }
+    }
+    let violations = data.violations();
+    if !violations.is_empty() {
+        return Some(violations.join("; "));
+    }
+    None
+}
+
+pub async fn run(
+    wiring: Wiring,
+    policy_name: &str,
+    policy: CachePolicy,
+    rng: &mut impl Choose,
+    steps: usize,
+) -> Result<(), String> {
+    let (model, data) = (Data::new(), wiring.data());
+    let twin = bare(&model);
+    let (layer, _handle) = layer(policy);
+    let app = wired(wiring, &layer, &data);
+    let mut history = History::default();
+    for name in NAMES {
+        if rng.chance(70) {
+            model.write(name, Bytes::from_static(b"seed"));
+            data.write(name, Bytes::from_static(b"seed"));
+            history.saw(name, &model);
+        }
+    }
+    let mut log = String::new();
+    for i in 0..steps {
+        let step = step(rng, &model, &history);
+        let before = data.docs();
+        let ours = send(&app, step.request()).await;
+        let theirs = send(&twin, step.request()).await;
+        let _ = writeln!(
+            log,
+            "  {i}: {} {} {:?} {:?} -> {} (bare {}) etag {:?}",
+            step.method,
+            step.uri,
+            step.headers,
+            step.body,
+            ours.status,
+            theirs.status,
+            ours.etag()
+        );
+        if let Some(wrong) = check(&step, wiring, &ours, &theirs, &before, &data, &model) {
+            return Err(format!(
+                "{wiring:?} under {policy_name}, step {i}: {wrong}\n{log}"
+            ));
+        }
+        for name in NAMES {
+            history.saw(name, &model);
+        }
+    }
+    Ok(())
 }
